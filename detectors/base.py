@@ -1,0 +1,126 @@
+"""The detector contract: every detector is a small class behind this interface.
+
+A detector never touches the database or the filesystem beyond its own weights file. The worker
+decodes each video once (``detectors.frames``), hands the shared ``SampledFrames`` to every
+detector's CPU-side ``prepare`` and gathers prepared inputs from many videos into one ``predict``.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from detectors.errors import DetectorError
+
+
+class Label(enum.StrEnum):
+    REAL = "REAL"
+    FAKE = "FAKE"
+    UNCERTAIN = "UNCERTAIN"
+    ABSTAIN = "ABSTAIN"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about a video (filled in by the decoder)."""
+
+    container: str
+    codec: str
+    width: int
+    height: int
+    fps: float
+    duration_s: float
+
+
+@dataclass
+class SampledFrames:
+    """Frames sampled evenly in time from one sequential decode; RGB uint8, H x W x 3."""
+
+    info: VideoInfo
+    frames: list[np.ndarray]
+    timestamps: list[float]
+
+    def subset(self, n: int) -> SampledFrames:
+        """``n`` frames spread evenly over this sample (all of them when it holds fewer)."""
+        if n >= len(self.frames):
+            return self
+        idx = np.linspace(0, len(self.frames) - 1, n).round().astype(int)
+        return SampledFrames(
+            self.info, [self.frames[i] for i in idx], [self.timestamps[i] for i in idx]
+        )
+
+
+@dataclass(frozen=True)
+class FrameScore:
+    timestamp: float
+    fake_probability: float
+
+
+@dataclass
+class DetectorResult:
+    """One detector's verdict on one video."""
+
+    label: Label
+    fake_probability: float | None
+    threshold: float
+    frame_scores: list[FrameScore] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class DetectorConfig(BaseModel):
+    """Settings every detector accepts; each detector extends it with its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weights: str = Field(
+        "dummy",
+        description="Path to a checkpoint file, or 'dummy' for seeded random weights "
+        "(benchmarks and smoke runs only; every verdict then says weights: dummy).",
+    )
+    threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Fake probability at or above which the verdict is FAKE."
+    )
+    seed: int = Field(0, description="Seed for the dummy weights.")
+
+
+ConfigT = TypeVar("ConfigT", bound=DetectorConfig)
+
+
+class Detector(ABC, Generic[ConfigT]):
+    """One detector. ``setup`` loads weights; ``prepare`` runs on CPU in a pool, one video at a
+    time; ``predict`` runs on the device over a batch and returns one entry per input."""
+
+    key: ClassVar[str]
+    version: ClassVar[str]
+    config_class: ClassVar[type[DetectorConfig]]
+
+    def __init__(self, config: ConfigT) -> None:
+        self.config = config
+
+    @property
+    @abstractmethod
+    def num_frames(self) -> int:
+        """How many evenly spaced frames this detector wants from the shared decode."""
+
+    @property
+    @abstractmethod
+    def weights_id(self) -> str:
+        """sha256 of the loaded weights file, or ``dummy``. Valid after ``setup``."""
+
+    @abstractmethod
+    def setup(self, device: str) -> None:
+        """Load weights onto ``device`` ('cpu', 'cuda', 'cuda:1')."""
+
+    @abstractmethod
+    def prepare(self, frames: SampledFrames) -> Any:
+        """CPU-side work for one video (faces, crops, features). May raise DetectorError."""
+
+    @abstractmethod
+    def predict(self, batch: Sequence[Any]) -> list[DetectorResult | DetectorError]:
+        """Batched inference: exactly one result or error per prepared input, in order."""

@@ -1,0 +1,239 @@
+"""Typed configuration, validated once at start-up.
+
+Values come from the embedded defaults, then the YAML file, then ``DRISHTIKSHA_...`` environment
+variables (``__`` separates nesting levels, e.g. ``DRISHTIKSHA_API__PORT=9000``). Relative paths
+resolve against the directory the daemon is started in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "DRISHTIKSHA_"
+DEFAULT_CONFIG_PATH = Path("configs/default.yaml")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatabaseConfig(_Section):
+    url: str = Field(
+        "sqlite:///var/drishtiksha.db",
+        description="SQLAlchemy URL: sqlite:///relative/or/absolute.db or "
+        "postgresql+psycopg://user@host/db.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, url: str) -> str:
+        if not url.startswith(("sqlite:///", "postgresql+psycopg://")):
+            raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
+        return url
+
+
+class InboxConfig(_Section):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Unique inbox name.")
+    path: Path = Field(Path("var/inbox"), description="Folder watched for new videos.")
+    work: Path = Field(
+        Path("var/work"),
+        description="Where files wait while their job is open; must be on the inbox's "
+        "filesystem so that the move out of the inbox is an atomic rename.",
+    )
+    done: Path = Field(Path("var/done"), description="Finished videos and their .verdict.json.")
+    failed: Path = Field(Path("var/failed"), description="Rejected videos and their .error.json.")
+    detectors: list[str] = Field(
+        default_factory=lambda: ["color-cues-lstm-v1"],
+        min_length=1,
+        description="Detector keys every video from this inbox goes through.",
+    )
+    priority: int = Field(0, description="Higher runs first.")
+    polling: bool = Field(
+        False,
+        description="Poll the folder instead of inotify: needed for SMB/NFS shares, where "
+        "remote writers produce no events.",
+    )
+    polling_interval_s: float = Field(2.0, gt=0)
+    quiet_s: float = Field(
+        2.0, gt=0, description="A file is complete after this long without change."
+    )
+    rescan_s: float = Field(
+        60.0, gt=0, description="Periodic full scan that catches events the observer missed."
+    )
+    recursive: bool = False
+
+
+class LimitsConfig(_Section):
+    max_file_bytes: int = Field(4 * 1024**3, gt=0)
+    max_duration_s: float = Field(3600.0, gt=0)
+    max_pixels: int = Field(3840 * 2160, gt=0, description="Maximum width x height of a frame.")
+    max_decoded_frames: int = Field(
+        200_000, gt=0, description="Bounds decoding work for endless or hostile streams."
+    )
+
+
+class DecodeConfig(_Section):
+    max_side: int = Field(
+        1280, ge=64, description="Frames are downscaled so their longest side fits this."
+    )
+
+
+class BatchingConfig(_Section):
+    max_videos: int = Field(8, ge=1, description="Videos per inference batch.")
+    max_wait_s: float = Field(
+        0.5, ge=0, description="How long a batch waits to fill before it runs anyway."
+    )
+    prepare_workers: int = Field(
+        2, ge=1, description="Threads decoding and preparing videos on the CPU."
+    )
+
+
+class QueueConfig(_Section):
+    lease_s: float = Field(120.0, gt=0, description="A claimed job's lease; renewed while held.")
+    max_attempts: int = Field(3, ge=1)
+    retry_base_s: float = Field(5.0, gt=0, description="First retry delay; doubles each time.")
+    poll_s: float = Field(1.0, gt=0, description="How often an idle worker looks for jobs.")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, time to finish held jobs before releasing them."
+    )
+
+
+class ApiConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(_Section):
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N."
+    )
+    cpu_threads: int = Field(0, ge=0, description="torch threads on CPU; 0 keeps torch's choice.")
+    inboxes: list[InboxConfig] = Field(default_factory=lambda: [InboxConfig()])
+    detectors: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"color-cues-lstm-v1": {"weights": "dummy"}},
+        description="Per-detector settings by key; each detector validates its own section.",
+    )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        names = [inbox.name for inbox in self.inboxes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"inbox names must be unique, got {names}")
+        for inbox in self.inboxes:
+            missing = [key for key in inbox.detectors if key not in self.detectors]
+            if missing:
+                raise ValueError(
+                    f"inbox {inbox.name!r} uses detectors with no section under 'detectors': "
+                    f"{missing}"
+                )
+        return self
+
+    def resolved(self, base: Path) -> Config:
+        """A copy whose relative paths (folders, SQLite file) are anchored at ``base``."""
+        inboxes = [
+            inbox.model_copy(
+                update={
+                    k: (base / getattr(inbox, k)).resolve()
+                    for k in ("path", "work", "done", "failed")
+                }
+            )
+            for inbox in self.inboxes
+        ]
+        url = self.database.url
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            url = "sqlite:///" + str((base / url.removeprefix("sqlite:///")).resolve())
+        return self.model_copy(update={"inboxes": inboxes, "database": DatabaseConfig(url=url)})
+
+    def all_detector_keys(self) -> list[str]:
+        """Every detector some inbox uses, in first-use order."""
+        return list(dict.fromkeys(k for inbox in self.inboxes for k in inbox.detectors))
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        path = name.removeprefix(ENV_PREFIX).lower().split("__")
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        # YAML parsing gives env values the same types a YAML file would (numbers, lists, bools).
+        node[path[-1]] = yaml.safe_load(value) if value else value
+    return overrides
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {key}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    base: Path | None = None,
+) -> Config:
+    """Load, merge and validate the configuration; raises ConfigError naming the bad key."""
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get(ENV_PREFIX + "CONFIG"):
+        path = Path(environ[ENV_PREFIX + "CONFIG"])
+    explicit = path is not None
+    path = path or DEFAULT_CONFIG_PATH
+    raw: dict[str, Any] = {}
+    source = "embedded defaults"
+    if path.exists():
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of settings")
+        raw = loaded
+    elif explicit:
+        raise ConfigError(f"configuration file {path} does not exist")
+    env = _env_overrides(environ)
+    if env:
+        source += " + DRISHTIKSHA_* environment"
+    try:
+        config = Config.model_validate(_merge(raw, env))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from exc
+    return config.resolved(base or Path.cwd())

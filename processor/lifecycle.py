@@ -1,0 +1,160 @@
+"""Moving files through the inbox -> work -> done/failed lifecycle, with the job rows that make
+each step recoverable after a crash.
+
+The order of steps is what guarantees exactly one job per dropped file:
+1. the file is renamed into ``work/<job id>/`` (atomic; the inbox no longer shows it);
+2. the job row with that id is committed (enqueue is idempotent on the id);
+3. when the job ends, its destination is committed (``output_path``) before the file moves;
+4. the file moves, the sidecar is written, the job is marked finalized.
+A crash between 1 and 2 leaves a work folder with no row: ``recover`` enqueues it. A crash in
+3-4 leaves an unfinalized job: ``recover`` finishes the move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from processor.config import InboxConfig, QueueConfig
+from processor.files import (
+    ERROR_SUFFIX,
+    VERDICT_SUFFIX,
+    free_name,
+    fsync_dir,
+    move_no_overwrite,
+    sha256_file,
+    write_json_atomic,
+)
+from processor.verdict import error_document, verdict_document
+from storage.queue import JobQueue, JobState, JobView
+
+log = logging.getLogger(__name__)
+
+_JOB_DIR_LEN = 32  # uuid4().hex
+
+
+class Lifecycle:
+    """Creates jobs from inbox files and finalizes files of finished jobs."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        inboxes: list[InboxConfig],
+        queue_config: QueueConfig,
+        on_enqueued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.queue = queue
+        self.inboxes = {inbox.name: inbox for inbox in inboxes}
+        self.queue_config = queue_config
+        self.on_enqueued = on_enqueued
+
+    def prepare_folders(self) -> None:
+        """Create every configured folder (the work area must exist before the first move)."""
+        for inbox in self.inboxes.values():
+            for folder in (inbox.path, inbox.work, inbox.done, inbox.failed):
+                folder.mkdir(parents=True, exist_ok=True)
+
+    async def accept(self, inbox: InboxConfig, path: Path) -> None:
+        """A stable file in ``inbox``: move it into the work area and queue its job."""
+        job_id = uuid.uuid4().hex
+        job_dir = inbox.work / job_id
+        await asyncio.to_thread(self._claim_file, path, job_dir)
+        await self._enqueue(inbox, job_dir / path.name, job_id, str(path))
+
+    @staticmethod
+    def _claim_file(path: Path, job_dir: Path) -> None:
+        job_dir.mkdir()
+        try:
+            move_no_overwrite(path, job_dir / path.name)
+        except BaseException:
+            job_dir.rmdir()
+            raise
+        fsync_dir(job_dir.parent)
+
+    async def _enqueue(self, inbox: InboxConfig, work_file: Path, job_id: str, ref: str) -> None:
+        size, digest = await asyncio.to_thread(
+            lambda: (work_file.stat().st_size, sha256_file(work_file))
+        )
+        created = await asyncio.to_thread(
+            self.queue.enqueue,
+            job_id=job_id,
+            sha256=digest,
+            size_bytes=size,
+            source_kind="folder",
+            source_ref=ref,
+            detectors=list(inbox.detectors),
+            inbox=inbox.name,
+            work_path=str(work_file),
+            priority=inbox.priority,
+            max_attempts=self.queue_config.max_attempts,
+        )
+        if created:
+            log.info("job %s queued: %s (%d bytes, sha256 %s)", job_id, ref, size, digest[:12])
+            self.on_enqueued()
+
+    async def recover(self) -> None:
+        """Repair what a crash left half done: work folders without a job, and finished jobs
+        whose files were not yet moved."""
+        for inbox in self.inboxes.values():
+            dirs = [
+                d
+                for d in inbox.work.iterdir()
+                if d.is_dir() and len(d.name) == _JOB_DIR_LEN and not d.is_symlink()
+            ]
+            known = await asyncio.to_thread(self.queue.known_job_ids, [d.name for d in dirs])
+            for job_dir in dirs:
+                if job_dir.name in known:
+                    continue
+                files = [f for f in job_dir.iterdir() if f.is_file()]
+                if not files:
+                    # The crash came between mkdir and the rename: the file is still in the inbox.
+                    job_dir.rmdir()
+                    continue
+                work_file = files[0]
+                log.warning("recovering %s: moved to the work area but never queued", work_file)
+                await self._enqueue(
+                    inbox, work_file, job_dir.name, str(inbox.path / work_file.name)
+                )
+        for job in await asyncio.to_thread(self.queue.unfinalized):
+            await asyncio.to_thread(self.finalize, job)
+
+    def finalize(self, job: JobView) -> None:
+        """Move a finished job's file to done/ or failed/ and write its sidecar. Idempotent."""
+        inbox = self.inboxes.get(job.inbox or "")
+        if job.work_path is None or inbox is None:
+            # Not an inbox file (or its inbox was removed from the config): nothing to move.
+            self.queue.mark_finalized(job.id)
+            return
+        ok = job.state is JobState.DONE
+        folder, suffix = (inbox.done, VERDICT_SUFFIX) if ok else (inbox.failed, ERROR_SUFFIX)
+        folder.mkdir(parents=True, exist_ok=True)
+        work_file = Path(job.work_path)
+        dest = Path(job.output_path) if job.output_path else None
+        while work_file.exists():
+            if dest is not None and dest.exists() and os.path.samefile(dest, work_file):
+                # A crash between link and unlink in move_no_overwrite: finish the move.
+                work_file.unlink()
+                break
+            if dest is None or dest.exists():
+                dest = free_name(folder, work_file.name, suffix)
+                self.queue.set_output_path(job.id, str(dest))
+            try:
+                move_no_overwrite(work_file, dest)
+            except FileExistsError:
+                continue  # another process took the name between the check and the move
+            fsync_dir(folder)
+        if dest is None or not dest.exists():
+            log.error("job %s: file %s is missing; writing the sidecar only", job.id, work_file)
+            dest = dest or folder / work_file.name
+        video = self.queue.get_video(job.video_sha256)
+        doc = verdict_document(job, video, dest) if ok else error_document(job, dest)
+        write_json_atomic(dest.with_name(dest.name + suffix), doc)
+        with contextlib.suppress(OSError):
+            os.rmdir(work_file.parent)
+        self.queue.mark_finalized(job.id)
+        log.info("job %s %s: %s -> %s", job.id, job.state.value, job.source_ref, dest)

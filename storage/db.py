@@ -1,0 +1,101 @@
+"""Engines for the job database, and its schema migrations.
+
+Two backends: SQLite for a single machine, Postgres when several hosts share one queue. SQLite
+engines run in WAL mode with a busy timeout and enforced foreign keys, and SQLAlchemy (not the
+pysqlite driver) emits BEGIN, so that writers can take the write lock up front with
+``BEGIN IMMEDIATE`` (see ``write_engine``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import DBAPIError
+
+from storage.errors import StorageUnavailable
+
+BUSY_TIMEOUT_MS = 5000
+_SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA synchronous=NORMAL",
+)
+_IMMEDIATE = "drishtiksha_begin_immediate"  # execution option read by _sqlite_begin
+_MIGRATIONS = Path(__file__).parent / "migrations"
+# Any constant will do, as long as every process upgrading the schema uses the same one.
+_PG_UPGRADE_LOCK = 0x6472697368
+
+
+def make_engine(url: str) -> Engine:
+    """Engine for ``sqlite:///path`` (WAL, busy_timeout, foreign keys, parent folder created) or
+    ``postgresql+psycopg://...``."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed)
+    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
+    # pre_ping: a long-running daemon outlives server restarts and idle-connection reaping.
+    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+
+
+def write_engine(engine: Engine) -> Engine:
+    """The same engine, but on SQLite its transactions start with ``BEGIN IMMEDIATE``.
+
+    A WAL transaction that reads and then writes fails at once with "database is locked" when
+    another writer committed in between, whatever the busy timeout; taking the write lock at BEGIN
+    makes it wait on the busy timeout instead. Postgres ignores the option.
+    """
+    return engine.execution_options(**{_IMMEDIATE: True})
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply Alembic migrations (packaged in storage/migrations) up to head."""
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS).replace("%", "%%"))
+    with write_engine(engine).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Processes starting together would otherwise race to create the same tables.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_UPGRADE_LOCK})
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
+def ping(engine: Engine) -> None:
+    """SELECT 1; raises when the database is unreachable."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except DBAPIError as exc:
+        raise StorageUnavailable(f"{engine.url.render_as_string()}: {exc.orig}") from exc
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    database = url.database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Stop pysqlite from emitting BEGIN itself (it would defer it to the first write and never
+    # make it IMMEDIATE); _sqlite_begin does it. COMMIT and ROLLBACK still go through the driver.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in _SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql(
+        "BEGIN IMMEDIATE" if conn.get_execution_options().get(_IMMEDIATE) else "BEGIN"
+    )

@@ -1,0 +1,33 @@
+"""Errors raised by the storage layer.
+
+Each class's docstring is its default message; ``code`` is a stable identifier, like the one
+``detectors.errors`` gives, for a caller that records the failure. All of them are transient as far
+as the storage layer knows: the same call may succeed later. Constraint violations and other bugs
+surface as SQLAlchemy's own exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class StorageError(Exception):
+    """The job database failed."""
+
+    code: ClassVar[str] = "storage_error"
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or (self.__doc__ or self.code).strip()
+        super().__init__(self.message)
+
+
+class StorageBusy(StorageError):
+    """The job database stayed locked by other writers; try again shortly."""
+
+    code = "storage_busy"
+
+
+class StorageUnavailable(StorageError):
+    """The job database cannot be reached."""
+
+    code = "storage_unavailable"

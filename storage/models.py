@@ -1,0 +1,149 @@
+"""The database schema as SQLAlchemy declarative models.
+
+Three tables: ``videos`` (one row per distinct content hash), ``jobs`` (the queue itself, one row
+per submission of a video) and ``results`` (one row per detector per finished job). Every
+timestamp is stored and read back as an aware UTC datetime. Any change here needs a new migration
+in ``storage/migrations/versions``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    CHAR,
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Double,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names, so that later batch migrations on SQLite can refer to them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """An aware datetime stored as UTC. SQLite keeps no offset, so values are written as naive
+    UTC there and marked UTC again when read; Postgres uses ``timestamptz``."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: storage wants aware UTC datetimes")
+        value = value.astimezone(dt.UTC)
+        # SQLite compares the stored text, so every value must be written in one form.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {  # noqa: RUF012 - SQLAlchemy reads this class attribute
+        dt.datetime: UTCDateTime(),
+        float: Double(),
+        str: Text(),
+    }
+
+
+class Video(Base):
+    __tablename__ = "videos"
+
+    sha256: Mapped[str] = mapped_column(CHAR(64), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    container: Mapped[str | None] = mapped_column(String(64))
+    codec: Mapped[str | None] = mapped_column(String(64))
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    fps: Mapped[float | None]
+    duration_s: Mapped[float | None]
+    first_seen: Mapped[dt.datetime]
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(f"state IN {JOB_STATES!r}", name="state"),
+        # claim: runnable jobs by state, then priority; run_after filters queued ones.
+        Index("ix_jobs_claim", "state", "priority", "run_after"),
+        # list: newest first, optionally per state, with the (created_at, id) cursor.
+        Index("ix_jobs_state_created", "state", "created_at", "id"),
+        Index("ix_jobs_created", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    video_sha256: Mapped[str] = mapped_column(CHAR(64), ForeignKey("videos.sha256"), index=True)
+    source_kind: Mapped[str] = mapped_column(String(16))
+    source_ref: Mapped[str]
+    inbox: Mapped[str | None] = mapped_column(String(255))
+    work_path: Mapped[str | None]
+    output_path: Mapped[str | None]
+    detectors: Mapped[list[str]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int]
+    attempts: Mapped[int]
+    max_attempts: Mapped[int]
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires: Mapped[dt.datetime | None]
+    run_after: Mapped[dt.datetime]
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None]
+    cached: Mapped[bool]
+    created_at: Mapped[dt.datetime]
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    finalized_at: Mapped[dt.datetime | None]
+
+    results: Mapped[list[JobResult]] = relationship(
+        foreign_keys="JobResult.job_id", order_by="JobResult.id", lazy="raise"
+    )
+
+
+class JobResult(Base):
+    __tablename__ = "results"
+    # One result per detector per job, whatever a retrying worker does.
+    __table_args__ = (UniqueConstraint("job_id", "detector"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64), ForeignKey("jobs.id"))
+    detector: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    weights_id: Mapped[str] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(16))
+    fake_probability: Mapped[float | None]
+    threshold: Mapped[float]
+    frame_scores: Mapped[list[dict[str, float]]] = mapped_column(JSON)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    elapsed_s: Mapped[float]
+    cached_from_job: Mapped[str | None] = mapped_column(String(64), ForeignKey("jobs.id"))
+    created_at: Mapped[dt.datetime]

@@ -1,0 +1,706 @@
+"""The durable job queue: jobs claimed by workers under time-limited leases.
+
+A worker that dies simply lets its leases run out and another worker reclaims the jobs. Every
+change a worker makes to a job it claimed is conditional on still holding a live lease on it, so a
+worker that lost its lease can never overwrite the work of the one that took the job over.
+
+Times come from Python's UTC clock, never the database's; hosts sharing a Postgres queue need
+clocks in sync to well within a lease.
+
+Failures: on SQLite, writers serialize on the database's write lock (``BEGIN IMMEDIATE`` waits up
+to the busy timeout) and a write that still finds it locked is rerun a few times; if it stays
+locked, ``StorageBusy`` is raised, as for a Postgres deadlock or serialization failure that
+persists. A database that cannot be reached raises ``StorageUnavailable``. Both are
+``StorageError`` and leave nothing half-written: every method is one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Executable,
+    Select,
+    and_,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload
+
+from storage.db import write_engine
+from storage.errors import StorageBusy, StorageUnavailable
+from storage.models import Job, JobResult, Video
+
+# detectors.base.Label.ABSTAIN: the detector could not judge the video (no face, an error), which
+# is not a verdict to reuse; find_cached skips such results.
+_ABSTAIN = "ABSTAIN"
+
+# Retries of a whole write transaction that found the database busy, with jittered back-off.
+_BUSY_ATTEMPTS = 4
+_BUSY_BACKOFF_S = 0.05
+# Postgres SQLSTATEs worth retrying: serialization failure, deadlock, lock not available.
+_PG_BUSY_STATES = frozenset({"40001", "40P01", "55P03"})
+# Enough ids per IN (...) for speed, well below every driver's limit on bound parameters.
+_IN_CHUNK = 500
+
+_T = TypeVar("_T")
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class NewResult:
+    """A detector's result to store with a completed job."""
+
+    detector: str
+    version: str
+    weights_id: str  # sha256 of the weights file or "dummy"
+    label: str  # REAL/FAKE/UNCERTAIN/ABSTAIN
+    fake_probability: float | None
+    threshold: float
+    frame_scores: list[dict[str, float]]  # [{"t": seconds, "p": prob}, ...]
+    details: dict[str, Any]
+    elapsed_s: float
+    cached_from_job: str | None = None  # job id whose stored result was reused
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    job_id: str
+    detector: str
+    version: str
+    weights_id: str
+    label: str
+    fake_probability: float | None
+    threshold: float
+    frame_scores: list[dict[str, float]]
+    details: dict[str, Any]
+    elapsed_s: float
+    cached_from_job: str | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class VideoView:
+    sha256: str
+    size_bytes: int
+    container: str | None
+    codec: str | None
+    width: int | None
+    height: int | None
+    fps: float | None
+    duration_s: float | None
+    first_seen: dt.datetime
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: str
+    video_sha256: str
+    source_kind: str  # "folder", "upload", "s3", "cli"
+    source_ref: str  # e.g. the original path
+    inbox: str | None  # name of the inbox folder config, when source_kind == "folder"
+    work_path: str | None  # where the file lies while the job is open
+    output_path: str | None  # where the file was (or will be) moved when finished
+    detectors: list[str]
+    state: JobState
+    priority: int
+    attempts: int
+    max_attempts: int
+    lease_owner: str | None
+    lease_expires: dt.datetime | None
+    run_after: dt.datetime
+    error_code: str | None
+    error_message: str | None
+    cached: bool  # every result was reused from an earlier job
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    finalized_at: dt.datetime | None  # files moved and sidecar written
+    results: list[StoredResult] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job this worker now holds a lease on."""
+
+    id: str
+    video_sha256: str
+    work_path: str | None
+    source_ref: str
+    detectors: list[str]
+    attempts: int  # including this one
+
+
+class JobQueue:
+    """The durable job queue: one table of jobs claimed under leases."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = write_engine(engine)
+
+    def enqueue(
+        self,
+        *,
+        job_id: str,
+        sha256: str,
+        size_bytes: int,
+        source_kind: str,
+        source_ref: str,
+        detectors: list[str],
+        inbox: str | None = None,
+        work_path: str | None = None,
+        priority: int = 0,
+        max_attempts: int = 3,
+    ) -> bool:
+        """Insert the video row (if new) and the job row in one transaction. Idempotent on
+        ``job_id``: returns False (and changes nothing) when the job already exists."""
+
+        def work(conn: Connection) -> None:
+            now = _now()
+            video = {"sha256": sha256, "size_bytes": size_bytes, "first_seen": now}
+            _insert_if_absent(conn, Video.sha256, video)
+            job = {
+                "id": job_id,
+                "video_sha256": sha256,
+                "source_kind": source_kind,
+                "source_ref": source_ref,
+                "inbox": inbox,
+                "work_path": work_path,
+                "detectors": list(detectors),
+                "state": JobState.QUEUED,
+                "priority": priority,
+                "attempts": 0,
+                "max_attempts": max_attempts,
+                "run_after": now,
+                "cached": False,
+                "created_at": now,
+            }
+            if not _insert_if_absent(conn, Job.id, job):
+                raise _JobExists  # rolls back the video row too
+
+        try:
+            self._write(work)
+        except _JobExists:
+            return False
+        return True
+
+    def claim(self, worker_id: str, limit: int, lease_s: float) -> list[Claimed]:
+        """Take up to ``limit`` runnable jobs, highest priority then oldest first. Runnable:
+        state queued with run_after <= now, or state running with an expired lease (reclaimed
+        from a dead worker). Sets state running, lease_owner, lease_expires = now + lease_s,
+        attempts += 1, started_at. A reclaimed job whose attempts already reached max_attempts is
+        failed with error_code 'max_attempts' instead of being returned. SQLite: BEGIN IMMEDIATE +
+        UPDATE ... RETURNING; Postgres: SELECT ... FOR UPDATE SKIP LOCKED."""
+        if limit <= 0:
+            return []
+
+        def work(conn: Connection) -> list[Claimed]:
+            now = _now()
+            expired = and_(Job.state == JobState.RUNNING, Job.lease_expires <= now)
+            # Every attempt so far died with its worker (killed, out of memory): stop here rather
+            # than let a poisonous video take down workers forever.
+            exhausted = select(Job.id).where(expired, Job.attempts >= Job.max_attempts)
+            conn.execute(
+                update(Job)
+                .where(_ids_in(conn, exhausted))
+                .values(
+                    state=JobState.FAILED,
+                    error_code="max_attempts",
+                    error_message="the lease ran out on the last allowed attempt (worker lost?)",
+                    lease_expires=None,
+                    finished_at=now,
+                )
+            )
+            runnable = (
+                select(Job.id)
+                .where(
+                    or_(
+                        and_(Job.state == JobState.QUEUED, Job.run_after <= now),
+                        and_(expired, Job.attempts < Job.max_attempts),
+                    )
+                )
+                .order_by(Job.priority.desc(), Job.created_at, Job.id)
+                .limit(limit)
+            )
+            rows = conn.execute(
+                update(Job)
+                .where(_ids_in(conn, runnable))
+                .values(
+                    state=JobState.RUNNING,
+                    lease_owner=worker_id,
+                    lease_expires=now + dt.timedelta(seconds=lease_s),
+                    attempts=Job.attempts + 1,
+                    started_at=now,
+                )
+                .returning(
+                    Job.id,
+                    Job.video_sha256,
+                    Job.work_path,
+                    Job.source_ref,
+                    Job.detectors,
+                    Job.attempts,
+                    Job.priority,
+                    Job.created_at,
+                )
+            ).all()
+            return [
+                Claimed(
+                    id=r.id,
+                    video_sha256=r.video_sha256,
+                    work_path=r.work_path,
+                    source_ref=r.source_ref,
+                    detectors=list(r.detectors),
+                    attempts=r.attempts,
+                )
+                # RETURNING comes back in no particular order.
+                for r in sorted(rows, key=lambda r: (-r.priority, r.created_at, r.id))
+            ]
+
+        return self._write(work)
+
+    def renew(self, worker_id: str, job_ids: list[str], lease_s: float) -> set[str]:
+        """Extend the leases this worker still holds; returns the ids still held. A lease past
+        its expiry is lost even if nobody has reclaimed the job yet."""
+        if not job_ids:
+            return set()
+
+        def work(conn: Connection) -> set[str]:
+            now = _now()
+            held = conn.scalars(
+                update(Job)
+                .where(Job.id.in_(job_ids), _holds(worker_id, now))
+                .values(lease_expires=now + dt.timedelta(seconds=lease_s))
+                .returning(Job.id)
+            )
+            return set(held)
+
+        return self._write(work)
+
+    def complete(self, job_id: str, worker_id: str, results: list[NewResult]) -> bool:
+        """Store results and set state done, only if ``worker_id`` holds a live lease on the job
+        (conditional update). ``cached`` is set when every result has cached_from_job. Returns
+        False (and stores nothing) when the lease was lost."""
+
+        def work(conn: Connection) -> bool:
+            now = _now()
+            done = conn.execute(
+                update(Job)
+                .where(Job.id == job_id, _holds(worker_id, now))
+                .values(
+                    state=JobState.DONE,
+                    lease_expires=None,
+                    error_code=None,
+                    error_message=None,
+                    cached=bool(results) and all(r.cached_from_job for r in results),
+                    finished_at=now,
+                )
+            )
+            if done.rowcount != 1:
+                return False
+            if results:
+                conn.execute(
+                    insert(JobResult),
+                    [
+                        {
+                            "job_id": job_id,
+                            "detector": r.detector,
+                            "version": r.version,
+                            "weights_id": r.weights_id,
+                            "label": r.label,
+                            "fake_probability": r.fake_probability,
+                            "threshold": r.threshold,
+                            "frame_scores": r.frame_scores,
+                            "details": r.details,
+                            "elapsed_s": r.elapsed_s,
+                            "cached_from_job": r.cached_from_job,
+                            "created_at": now,
+                        }
+                        for r in results
+                    ],
+                )
+            return True
+
+        return self._write(work)
+
+    def fail(self, job_id: str, worker_id: str, code: str, message: str) -> bool:
+        """Permanent failure, conditional on the lease like ``complete``."""
+
+        def work(conn: Connection) -> bool:
+            return _fail_held(conn, job_id, worker_id, code, message, _now())
+
+        return self._write(work)
+
+    def retry_later(
+        self, job_id: str, worker_id: str, code: str, message: str, delay_s: float
+    ) -> bool:
+        """Retryable failure: back to queued with run_after = now + delay_s, error recorded;
+        if attempts >= max_attempts, fail permanently with ``code`` instead. Conditional."""
+
+        def work(conn: Connection) -> bool:
+            now = _now()
+            requeued = conn.execute(
+                update(Job)
+                .where(Job.id == job_id, _holds(worker_id, now), Job.attempts < Job.max_attempts)
+                .values(
+                    state=JobState.QUEUED,
+                    lease_owner=None,
+                    lease_expires=None,
+                    run_after=now + dt.timedelta(seconds=delay_s),
+                    error_code=code,
+                    error_message=message,
+                )
+            )
+            # Not requeued: either out of attempts (then this fails it) or the lease is lost.
+            return requeued.rowcount == 1 or _fail_held(conn, job_id, worker_id, code, message, now)
+
+        return self._write(work)
+
+    def release(self, worker_id: str, job_ids: list[str]) -> None:
+        """Graceful shutdown: put held jobs back to queued and give back the attempt."""
+        if not job_ids:
+            return
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                update(Job)
+                .where(
+                    Job.id.in_(job_ids),
+                    Job.state == JobState.RUNNING,
+                    Job.lease_owner == worker_id,
+                )
+                .values(
+                    state=JobState.QUEUED,
+                    lease_owner=None,
+                    lease_expires=None,
+                    attempts=Job.attempts - 1,
+                )
+            )
+
+        self._write(work)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued job; False when it is not queued."""
+
+        def work(conn: Connection) -> bool:
+            cancelled = conn.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.QUEUED)
+                .values(state=JobState.CANCELLED, finished_at=_now())
+            )
+            return cancelled.rowcount == 1
+
+        return self._write(work)
+
+    def find_cached(
+        self, sha256: str, detector: str, version: str, weights_id: str
+    ) -> StoredResult | None:
+        """The newest stored result (not itself an error: never an ABSTAIN) for these bytes,
+        detector, version and weights, from a done job."""
+        with self._read() as session:
+            result = session.scalars(
+                select(JobResult)
+                .join(Job, JobResult.job_id == Job.id)
+                .where(
+                    Job.video_sha256 == sha256,
+                    Job.state == JobState.DONE,
+                    JobResult.detector == detector,
+                    JobResult.version == version,
+                    JobResult.weights_id == weights_id,
+                    JobResult.label != _ABSTAIN,
+                )
+                .order_by(JobResult.created_at.desc(), JobResult.id.desc())
+                .limit(1)
+            ).first()
+            return None if result is None else _stored_result(result)
+
+    def update_video(
+        self,
+        sha256: str,
+        *,
+        container: str,
+        codec: str,
+        width: int,
+        height: int,
+        fps: float,
+        duration_s: float,
+    ) -> None:
+        """Record what the decoder learnt about the video."""
+        self._execute(
+            update(Video)
+            .where(Video.sha256 == sha256)
+            .values(
+                container=container,
+                codec=codec,
+                width=width,
+                height=height,
+                fps=fps,
+                duration_s=duration_s,
+            )
+        )
+
+    def set_output_path(self, job_id: str, path: str) -> None:
+        """Remember where a finished job's file is being moved (before moving it)."""
+        self._execute(update(Job).where(Job.id == job_id).values(output_path=path))
+
+    def mark_finalized(self, job_id: str) -> None:
+        """The file is in done/ or failed/ and its sidecar is written."""
+        self._execute(update(Job).where(Job.id == job_id).values(finalized_at=_now()))
+
+    def unfinalized(self) -> list[JobView]:
+        """Done, failed or cancelled jobs whose files have not been finalized yet, oldest
+        finished first."""
+        return self._jobs(
+            select(Job)
+            .where(
+                Job.state.in_([JobState.DONE, JobState.FAILED, JobState.CANCELLED]),
+                Job.finalized_at.is_(None),
+            )
+            .order_by(Job.finished_at, Job.id)
+        )
+
+    def get(self, job_id: str) -> JobView | None:
+        """One job with its results."""
+        jobs = self._jobs(select(Job).where(Job.id == job_id))
+        return jobs[0] if jobs else None
+
+    def get_video(self, sha256: str) -> VideoView | None:
+        """One video by content hash."""
+        with self._read() as session:
+            video = session.get(Video, sha256)
+            if video is None:
+                return None
+            return VideoView(
+                sha256=video.sha256,
+                size_bytes=video.size_bytes,
+                container=video.container,
+                codec=video.codec,
+                width=video.width,
+                height=video.height,
+                fps=video.fps,
+                duration_s=video.duration_s,
+                first_seen=video.first_seen,
+            )
+
+    def jobs_for_video(self, sha256: str) -> list[JobView]:
+        """Every job for these bytes, newest first, with results."""
+        return self._jobs(
+            select(Job)
+            .where(Job.video_sha256 == sha256)
+            .order_by(Job.created_at.desc(), Job.id.desc())
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per state (all states present, zero included)."""
+        counts = {state.value: 0 for state in JobState}
+        with self._read() as session:
+            rows = session.execute(select(Job.state, func.count()).group_by(Job.state))
+            counts.update({state: n for state, n in rows})
+        return counts
+
+    def known_job_ids(self, job_ids: list[str]) -> set[str]:
+        """Which of these ids exist (used by crash recovery of the work area)."""
+        known: set[str] = set()
+        with self._read() as session:
+            for chunk in _chunks(job_ids, _IN_CHUNK):
+                known.update(session.scalars(select(Job.id).where(Job.id.in_(chunk))))
+        return known
+
+    def _write(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` in one write transaction, rerunning it while the database is busy."""
+        with _storage_errors():
+            attempt = 1
+            while True:
+                try:
+                    with self._writer.begin() as conn:
+                        return work(conn)
+                except DBAPIError as exc:
+                    if attempt == _BUSY_ATTEMPTS or not _is_busy(exc):
+                        raise
+                time.sleep(_BUSY_BACKOFF_S * 2**attempt * random.uniform(0.5, 1.5))
+                attempt += 1
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with _storage_errors(), Session(self.engine) as session:
+            yield session
+
+    def _execute(self, stmt: Executable) -> None:
+        self._write(lambda conn: conn.execute(stmt))
+
+    def _jobs(self, stmt: Select[Job]) -> list[JobView]:
+        with self._read() as session:
+            jobs = session.scalars(stmt.options(selectinload(Job.results)))
+            return [_job_view(job) for job in jobs]
+
+    # Last, so that ``list`` in the annotations above still means the builtin.
+    def list(
+        self,
+        *,
+        state: JobState | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> list[JobView]:
+        """Newest first; ``before`` is a job id cursor (jobs created strictly before it, ties
+        broken by id) for stable pagination. An unknown cursor gives an empty page."""
+        stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+        if state is not None:
+            stmt = stmt.where(Job.state == state)
+        if before is not None:
+            cursor = select(Job.created_at).where(Job.id == before).scalar_subquery()
+            stmt = stmt.where(
+                or_(Job.created_at < cursor, and_(Job.created_at == cursor, Job.id < before))
+            )
+        return self._jobs(stmt)
+
+
+class _JobExists(Exception):
+    """enqueue found the job id taken."""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _holds(worker_id: str, now: dt.datetime) -> ColumnElement[bool]:
+    """The job is running under a live lease owned by ``worker_id``."""
+    return and_(
+        Job.state == JobState.RUNNING, Job.lease_owner == worker_id, Job.lease_expires > now
+    )
+
+
+def _fail_held(
+    conn: Connection, job_id: str, worker_id: str, code: str, message: str, now: dt.datetime
+) -> bool:
+    failed = conn.execute(
+        update(Job)
+        .where(Job.id == job_id, _holds(worker_id, now))
+        .values(
+            state=JobState.FAILED,
+            lease_expires=None,
+            error_code=code,
+            error_message=message,
+            finished_at=now,
+        )
+    )
+    return failed.rowcount == 1
+
+
+def _ids_in(conn: Connection, ids: Select[str]) -> ColumnElement[bool]:
+    """``Job.id IN (ids)``, with the rows locked first on Postgres.
+
+    SKIP LOCKED lets concurrent claimers pass over each other's rows instead of queueing behind
+    them; SQLite needs nothing, the transaction already holds the database's write lock.
+    """
+    if conn.dialect.name == "postgresql":
+        return Job.id.in_(list(conn.scalars(ids.with_for_update(skip_locked=True))))
+    return Job.id.in_(ids)
+
+
+def _insert_if_absent(
+    conn: Connection, key: InstrumentedAttribute[str], values: dict[str, Any]
+) -> bool:
+    """INSERT ... ON CONFLICT (key) DO NOTHING; True when the row was inserted."""
+    # RETURNING rather than rowcount, which SQLAlchemy leaves unset for an INSERT on psycopg.
+    if conn.dialect.name == "postgresql":
+        pg = (
+            postgresql.insert(key.class_)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=[key])
+        )
+        return conn.execute(pg.returning(key)).first() is not None
+    lite = sqlite.insert(key.class_).values(values).on_conflict_do_nothing(index_elements=[key])
+    return conn.execute(lite.returning(key)).first() is not None
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Report the database's operational failures as StorageError, which callers expect and
+    can retry; anything else (IntegrityError, ...) is a bug and stays as it is."""
+    try:
+        yield
+    except DBAPIError as exc:
+        if _is_busy(exc):
+            raise StorageBusy(f"{StorageBusy.__doc__} ({exc.orig})") from exc
+        if isinstance(exc, OperationalError | InterfaceError):
+            raise StorageUnavailable(f"{StorageUnavailable.__doc__} ({exc.orig})") from exc
+        raise
+
+
+def _is_busy(exc: DBAPIError) -> bool:
+    """The statement lost a race for a lock and the transaction can simply be run again."""
+    if isinstance(exc.orig, sqlite3.Error):
+        return exc.orig.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+    return getattr(exc.orig, "sqlstate", None) in _PG_BUSY_STATES
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _stored_result(r: JobResult) -> StoredResult:
+    return StoredResult(
+        job_id=r.job_id,
+        detector=r.detector,
+        version=r.version,
+        weights_id=r.weights_id,
+        label=r.label,
+        fake_probability=r.fake_probability,
+        threshold=r.threshold,
+        frame_scores=r.frame_scores,
+        details=r.details,
+        elapsed_s=r.elapsed_s,
+        cached_from_job=r.cached_from_job,
+        created_at=r.created_at,
+    )
+
+
+def _job_view(job: Job) -> JobView:
+    return JobView(
+        id=job.id,
+        video_sha256=job.video_sha256,
+        source_kind=job.source_kind,
+        source_ref=job.source_ref,
+        inbox=job.inbox,
+        work_path=job.work_path,
+        output_path=job.output_path,
+        detectors=list(job.detectors),
+        state=JobState(job.state),
+        priority=job.priority,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        lease_owner=job.lease_owner,
+        lease_expires=job.lease_expires,
+        run_after=job.run_after,
+        error_code=job.error_code,
+        error_message=job.error_message,
+        cached=job.cached,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        finalized_at=job.finalized_at,
+        results=[_stored_result(r) for r in job.results],
+    )

@@ -1,0 +1,85 @@
+"""Database fixtures: every test that asks for one runs once on SQLite and once on Postgres.
+
+Postgres tests each get a fresh database on the server named by ``DRISHTIKSHA_TEST_PG_URL``.
+When that server cannot be reached they are skipped, except under CI (``CI=true``), where they
+fail so that a broken CI service cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import OperationalError
+
+from storage.db import make_engine, upgrade
+
+PG_URL = os.environ.get(
+    "DRISHTIKSHA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def _postgres_database() -> Iterator[str]:
+    """A uniquely named, empty database on the test server; dropped afterwards."""
+    server = make_url(PG_URL)
+    admin = create_engine(
+        server.set(database="postgres"),
+        isolation_level="AUTOCOMMIT",
+        connect_args={"connect_timeout": 5},
+    )
+    name = f"drishtiksha_test_{uuid.uuid4().hex[:16]}"
+    try:
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        except OperationalError as exc:
+            message = f"PostgreSQL at {server.render_as_string()} is unreachable: {exc.orig}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+        try:
+            yield server.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@contextmanager
+def _database(backend: str, tmp_path: Path) -> Iterator[str]:
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'drishtiksha.db'}"
+    else:
+        with _postgres_database() as url:
+            yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An engine on an empty database (no migrations applied), disposed afterwards."""
+    with _database(request.param, tmp_path) as url:
+        eng = make_engine(url)
+        try:
+            yield eng
+        finally:
+            eng.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """URL of a database with migrations applied, for tests that start subprocesses."""
+    with _database(request.param, tmp_path) as url:
+        eng = make_engine(url)
+        try:
+            upgrade(eng)
+        finally:
+            eng.dispose()
+        yield url
