@@ -9,6 +9,7 @@ have stopped changing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import stat
@@ -191,7 +192,8 @@ class FolderWatcher:
             self._scheduler = None
         if self._checker is not None:
             self._checker.cancel()
-            await asyncio.gather(self._checker, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checker
             self._checker = None
         if self._observer is not None:
             self._observer.stop()
@@ -266,7 +268,7 @@ class FolderWatcher:
         # Compare against the time before the stats and record changes at the time after them,
         # so a slow stat batch can only make the quiet window look shorter, never longer.
         checked_at = monotonic()
-        paths = list(self._candidates)
+        paths = [path for path in self._candidates if path not in self._in_flight]
         stats = await asyncio.to_thread(_lstat_all, paths)
         seen_at = monotonic()
         for path, st in stats.items():

@@ -37,6 +37,9 @@ def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed)
+    if parsed.drivername == "postgresql":
+        # SQLAlchemy would pick psycopg2 for a bare postgresql://; psycopg 3 is what is installed.
+        parsed = parsed.set(drivername="postgresql+psycopg")
     connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
     # pre_ping: a long-running daemon outlives server restarts and idle-connection reaping.
     return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)

@@ -66,7 +66,8 @@ async def start_watcher() -> AsyncIterator[MakeWatcher]:
 
     yield start
     for watcher in started:
-        await watcher.stop()
+        # A stop() that hangs on a stuck callback should fail the test, not stall the run.
+        await asyncio.wait_for(watcher.stop(), WAIT_S)
 
 
 def sha256(data: bytes) -> str:
@@ -180,11 +181,16 @@ async def test_file_growing_without_events_waits_for_size_and_mtime_to_settle(
     tmp_path: Path, start_watcher: MakeWatcher
 ) -> None:
     recorder = Recorder()
+    quiet_s = 1.0
     # No events at all, like a remote writer on a share: only stat can tell the file is growing.
-    watcher = await start_watcher(tmp_path, recorder, polling=True, polling_interval_s=3600)
-    chunks = [os.urandom(16 * 1024) for _ in range(25)]
-    writing = asyncio.create_task(write_slowly(tmp_path / "remote.mp4", chunks, QUIET_S / 4))
-    await asyncio.sleep(QUIET_S / 4)
+    watcher = await start_watcher(
+        tmp_path, recorder, quiet_s=quiet_s, polling=True, polling_interval_s=3600
+    )
+    chunks = [os.urandom(16 * 1024) for _ in range(12)]
+    # Pauses span several checks, so two checks in a row often see the same size; only the
+    # quiet_s window on size and mtime keeps the file from being reported mid-write.
+    writing = asyncio.create_task(write_slowly(tmp_path / "remote.mp4", chunks, quiet_s / 3))
+    await asyncio.sleep(0)
     await watcher.rescan()
 
     path, digest = await recorder.next()
@@ -192,6 +198,37 @@ async def test_file_growing_without_events_waits_for_size_and_mtime_to_settle(
     assert writing.done(), "reported while the writer was still writing"
     assert path == tmp_path / "remote.mp4"
     assert digest == sha256(b"".join(chunks))
+
+
+async def test_events_hold_a_file_back_even_when_size_and_mtime_stay_put(
+    tmp_path: Path, start_watcher: MakeWatcher
+) -> None:
+    # Filesystems with coarse mtimes (FAT: 2 s) can rewrite a file in place without changing
+    # its size or mtime; the modify events are then the only sign of life.
+    path = tmp_path / "inplace.mp4"
+    chunk = 4096
+    path.write_bytes(bytes(chunk * 25))
+    os.utime(path, ns=(10**18, 10**18))
+    recorder = Recorder()
+    await start_watcher(tmp_path, recorder)
+
+    async def rewrite_in_place() -> bytes:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            for i in range(25):
+                await asyncio.sleep(QUIET_S / 4)
+                os.pwrite(fd, b"\xff" * chunk, i * chunk)
+                os.utime(fd, ns=(10**18, 10**18))
+        finally:
+            os.close(fd)
+        return b"\xff" * chunk * 25
+
+    writing = asyncio.create_task(rewrite_in_place())
+
+    _, digest = await recorder.next()
+
+    assert writing.done(), "reported while the writer was still writing"
+    assert digest == sha256(writing.result())
 
 
 async def test_polling_observer_reports_a_dropped_file(
@@ -265,16 +302,17 @@ async def test_file_in_flight_is_not_reported_twice_and_stop_waits_for_it(
     path = tmp_path / "busy.mp4"
     path.write_bytes(b"one")
     await asyncio.wait_for(entered.wait(), WAIT_S)
+    try:
+        with path.open("ab") as f:
+            f.write(b" two")
+        await asyncio.sleep(SETTLE_S)
+        assert calls == [path]
 
-    with path.open("ab") as f:
-        f.write(b" two")
-    await asyncio.sleep(SETTLE_S)
-    assert calls == [path]
-
-    stopping = asyncio.create_task(watcher.stop())
-    await asyncio.sleep(CHECK_S)
-    assert not stopping.done(), "stop() returned while a callback was running"
-    release.set()
+        stopping = asyncio.create_task(watcher.stop())
+        await asyncio.sleep(CHECK_S)
+        assert not stopping.done(), "stop() returned while a callback was running"
+    finally:
+        release.set()
     await asyncio.wait_for(stopping, WAIT_S)
 
 
