@@ -215,7 +215,8 @@ def load_config(
     if path is None and environ.get(ENV_PREFIX + "CONFIG"):
         path = Path(environ[ENV_PREFIX + "CONFIG"])
     explicit = path is not None
-    path = path or DEFAULT_CONFIG_PATH
+    base = base or Path.cwd()
+    path = path or base / DEFAULT_CONFIG_PATH
     raw: dict[str, Any] = {}
     source = "embedded defaults"
     if path.exists():
@@ -236,4 +237,4 @@ def load_config(
         config = Config.model_validate(_merge(raw, env))
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from exc
-    return config.resolved(base or Path.cwd())
+    return config.resolved(base)

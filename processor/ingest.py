@@ -265,8 +265,9 @@ class FolderWatcher:
                 await self._check()
 
     async def _check(self) -> None:
-        # Compare against the time before the stats and record changes at the time after them,
-        # so a slow stat batch can only make the quiet window look shorter, never longer.
+        # Quiet windows are measured from the time before the stats and changes are stamped with
+        # the time after them, so a slow batch (a busy share) can only understate how long a
+        # file has been quiet, never overstate it.
         checked_at = monotonic()
         paths = [path for path in self._candidates if path not in self._in_flight]
         stats = await asyncio.to_thread(_lstat_all, paths)

@@ -1,0 +1,77 @@
+"""Configuration: defaults, YAML, environment overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from processor.config import ConfigError, load_config
+from processor.daemon import build_detectors
+
+
+def test_embedded_defaults_when_no_file_resolve_against_the_start_directory(tmp_path: Path) -> None:
+    cfg = load_config(None, environ={}, base=tmp_path)
+    assert cfg.database.url == f"sqlite:///{tmp_path / 'var' / 'drishtiksha.db'}"
+    [inbox] = cfg.inboxes
+    assert inbox.path == tmp_path / "var" / "inbox"
+    assert inbox.done == tmp_path / "var" / "done"
+    assert cfg.api.port == 8000
+
+
+def test_the_shipped_default_file_is_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    cfg = load_config(root / "configs" / "default.yaml", environ={}, base=root)
+    assert cfg.detectors["color-cues-lstm-v1"]["weights"] == "dummy"
+    assert build_detectors(cfg, cfg.all_detector_keys())
+
+
+def test_environment_overrides_nested_keys(tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        environ={"DRISHTIKSHA_API__PORT": "9100", "DRISHTIKSHA_DEVICE": "cpu"},
+        base=tmp_path,
+    )
+    assert cfg.api.port == 9100
+    assert cfg.device == "cpu"
+
+
+def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("batching:\n  max_video: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={}, base=tmp_path)
+    assert "batching.max_video" in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_bad_value_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("database:\n  url: mysql://x\n")
+    with pytest.raises(ConfigError, match=r"database\.url"):
+        load_config(path, environ={}, base=tmp_path)
+
+
+def test_bad_environment_value_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"api\.port"):
+        load_config(None, environ={"DRISHTIKSHA_API__PORT": "many"}, base=tmp_path)
+
+
+def test_inbox_must_name_configured_detectors(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("inboxes:\n  - name: a\n    detectors: [siglip-lstm-v9]\n")
+    with pytest.raises(ConfigError, match="siglip-lstm-v9"):
+        load_config(path, environ={}, base=tmp_path)
+
+
+def test_detector_section_errors_name_the_detector_key(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("detectors:\n  color-cues-lstm-v1:\n    num_frame: 3\n")
+    cfg = load_config(path, environ={}, base=tmp_path)
+    with pytest.raises(ConfigError, match=r"detectors\.color-cues-lstm-v1\.num_frame"):
+        build_detectors(cfg, ["color-cues-lstm-v1"])
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml", environ={}, base=tmp_path)
