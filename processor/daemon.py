@@ -140,7 +140,6 @@ class Daemon:
                     )
                     await watcher.start()
                     watchers.append(watcher)
-                    log.info("watching %s (inbox %s)", inbox.path, inbox.name)
             if self.role in ("all", "api") and self.config.api.enabled:
                 runner = web.AppRunner(init_app(self.config, queue, engine, worker))
                 await runner.setup()

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +53,9 @@ class Lifecycle:
         self.inboxes = {inbox.name: inbox for inbox in inboxes}
         self.queue_config = queue_config
         self.on_enqueued = on_enqueued
+        # A backlog found by the startup scan arrives all at once; hashing a few files at a
+        # time keeps memory and database contention bounded.
+        self._accepting = asyncio.Semaphore(4)
 
     def prepare_folders(self) -> None:
         """Create every configured folder (the work area must exist before the first move)."""
@@ -61,13 +65,18 @@ class Lifecycle:
 
     async def accept(self, inbox: InboxConfig, path: Path) -> None:
         """A stable file in ``inbox``: move it into the work area and queue its job."""
-        job_id = uuid.uuid4().hex
-        job_dir = inbox.work / job_id
-        await asyncio.to_thread(self._claim_file, path, job_dir)
-        await self._enqueue(inbox, job_dir / path.name, job_id, str(path))
+        async with self._accepting:
+            job_id = uuid.uuid4().hex
+            job_dir = inbox.work / job_id
+            await asyncio.to_thread(self._claim_file, path, job_dir)
+            await self._enqueue(inbox, job_dir / path.name, job_id, str(path))
 
     @staticmethod
     def _claim_file(path: Path, job_dir: Path) -> None:
+        # The watcher skips symlinks, but one could replace the file after its last check; a
+        # link to /etc/passwd must never be read as a video.
+        if not stat.S_ISREG(path.lstat().st_mode):
+            raise ValueError(f"{path} is no longer a regular file; left in place")
         job_dir.mkdir()
         try:
             move_no_overwrite(path, job_dir / path.name)

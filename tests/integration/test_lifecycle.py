@@ -154,3 +154,17 @@ async def test_name_collisions_get_a_suffix_never_overwrite(
     assert (inbox.done / "clip.mp4").read_bytes() == b"someone else's"
     assert (inbox.done / "clip-1.mp4").read_bytes() == b"ours"
     assert (inbox.done / "clip-1.mp4.verdict.json").is_file()
+
+
+async def test_a_file_swapped_for_a_symlink_is_refused(
+    lifecycle: Lifecycle, queue: JobQueue, inbox: InboxConfig, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("not for the detectors")
+    link = inbox.path / "clip.mp4"
+    link.symlink_to(secret)
+    with pytest.raises(ValueError, match="regular file"):
+        await lifecycle.accept(inbox, link)
+    assert link.is_symlink()
+    assert queue.list() == []
+    assert list(inbox.work.iterdir()) == []
