@@ -50,6 +50,7 @@ def run(
     log_format: Annotated[str | None, typer.Option(help="text or json.")] = None,
 ) -> None:
     """Run the daemon: watch the inboxes, process jobs, serve the API."""
+    from detectors.errors import DetectorError
     from processor.daemon import Role, serve
 
     cfg = _config(config)
@@ -60,7 +61,8 @@ def run(
     r: Role = role  # type: ignore[assignment]
     try:
         asyncio.run(serve(cfg, r))
-    except ConfigError as exc:
+    except (ConfigError, DetectorError) as exc:
+        # A bad configuration or an unloadable weights file stops start-up with one clear line.
         err.print(f"error: {exc}", highlight=False)
         raise typer.Exit(2) from exc
 
