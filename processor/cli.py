@@ -104,7 +104,7 @@ def analyze(
             progress.advance(task)
     if as_json:
         for row in rows:
-            out.print_json(json.dumps(row))
+            typer.echo(json.dumps(row))
         return
     table = Table("file", "detector", "label", "P(fake)", "weights", "note")
     for row in rows:

@@ -93,11 +93,10 @@ def load_pipeline(config: Config) -> Pipeline:
 
 
 def open_database(config: Config) -> Engine:
-    """Engine for the configured URL; SQLite is migrated automatically, Postgres by
-    ``drishtiksha db upgrade`` (several hosts share it, so no process should race to migrate)."""
+    """Engine for the configured URL, migrated to the current schema. On Postgres several hosts
+    may start at once; ``upgrade`` serialises them with an advisory lock."""
     engine = make_engine(config.database.url)
-    if engine.dialect.name == "sqlite":
-        upgrade(engine)
+    upgrade(engine)
     return engine
 
 
