@@ -1,6 +1,6 @@
 """Database fixtures: every test that asks for one runs once on SQLite and once on Postgres.
 
-Postgres tests each get a fresh database on the server named by ``DRISHTIKSHA_TEST_PG_URL``.
+Postgres tests each get a fresh database on the server named by ``TEST_POSTGRES_URL``.
 When that server cannot be reached they are skipped, except under CI (``CI=true``), where they
 fail so that a broken CI service cannot pass silently.
 """
@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from storage.db import make_engine, upgrade
 
 PG_URL = os.environ.get(
-    "DRISHTIKSHA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
