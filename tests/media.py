@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Real clips sit beside the repository (../shared/videos), never inside it: their licences vary.
 SHARED_VIDEOS = Path(
-    os.environ.get("DRISHTIKSHA_SHARED_VIDEOS", REPO_ROOT.parent / "shared" / "videos")
+    os.environ.get("TEST_VIDEOS_DIR", REPO_ROOT.parent / "shared" / "videos")
 )
 
 _ENCODERS = {"h264": "libx264", "mpeg4": "mpeg4", "vp9": "libvpx-vp9"}
