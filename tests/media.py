@@ -15,9 +15,7 @@ from skimage import data as skdata
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Real clips sit beside the repository (../shared/videos), never inside it: their licences vary.
-SHARED_VIDEOS = Path(
-    os.environ.get("TEST_VIDEOS_DIR", REPO_ROOT.parent / "shared" / "videos")
-)
+SHARED_VIDEOS = Path(os.environ.get("TEST_VIDEOS_DIR", REPO_ROOT.parent / "shared" / "videos"))
 
 _ENCODERS = {"h264": "libx264", "mpeg4": "mpeg4", "vp9": "libvpx-vp9"}
 _STREAM_FORMATS = {".webm": "webm", ".mkv": "matroska", ".ts": "mpegts"}
