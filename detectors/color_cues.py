@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from detectors.base import (
@@ -26,7 +27,18 @@ from detectors.base import (
 )
 from detectors.errors import DetectorError
 from detectors.faces import Face, FaceFinder
-from detectors.weights import load_checked
+from detectors.manifest import (
+    FROM_MANIFEST,
+    MANIFEST_NAME,
+    Band,
+    ManifestEntry,
+    ManifestError,
+    OperatingPoint,
+    find_manifest,
+    operating_point,
+    read_manifest,
+)
+from detectors.weights import WeightsError, load_checked
 
 KEY = "color-cues-lstm-v1"
 
@@ -56,6 +68,31 @@ class ColorCuesConfig(DetectorConfig):
     face_upsample: int = Field(
         0, ge=0, le=2, description="dlib upsampling passes; each finds smaller faces, 4x cost."
     )
+    uncertain_band: Band | None = Field(
+        None,
+        description="Fake probabilities in [low, high] are answered UNCERTAIN. When written "
+        "here it overrides the weights manifest's band (null: no band).",
+    )
+    manifest: str | None = Field(
+        None,
+        description="Weights manifest to read (default: weights/manifest.json under the working "
+        "directory, else the source checkout's; for a checkpoint path, the manifest beside it).",
+    )
+
+    @field_validator("uncertain_band")
+    @classmethod
+    def _ordered_band(cls, band: Band | None) -> Band | None:
+        if band is not None and not 0.0 <= band[0] <= band[1] <= 1.0:
+            raise ValueError("must be [low, high] with 0 <= low <= high <= 1")
+        return band
+
+    def feature_settings(self) -> dict[str, Any]:
+        """The settings that shape ``prepare``'s output: features computed under equal settings
+        are interchangeable (the training feature cache keys on them)."""
+        return self.model_dump(
+            exclude={"weights", "threshold", "seed", "hidden_size", "dropout"}
+            | {"uncertain_band", "manifest"}
+        )
 
 
 class ColorCuesNet(nn.Module):
@@ -138,6 +175,19 @@ def window_starts(count: int, length: int, stride: int) -> tuple[int, ...]:
     return tuple(starts)
 
 
+def video_windows(histograms: np.ndarray, starts: Sequence[int], length: int) -> list[np.ndarray]:
+    """Windows of ``length`` histograms beginning at ``starts``; a video with fewer histograms
+    gets one window padded with its last histogram."""
+    hists = histograms.astype(np.float32, copy=False)
+    if hists.shape[0] < length:
+        # A short video still gets a verdict: the LSTM takes fixed-length windows, and
+        # holding the last face still is the least invented filler (no zeros or black
+        # frames the network never saw in training).
+        padding = np.repeat(hists[-1:], length - hists.shape[0], axis=0)
+        return [np.concatenate([hists, padding])]
+    return [hists[s : s + length] for s in starts]
+
+
 class ColorCuesDetector(Detector[ColorCuesConfig]):
     """Per-frame face chromaticity histograms, scored in sliding windows by an LSTM."""
 
@@ -150,6 +200,7 @@ class ColorCuesDetector(Detector[ColorCuesConfig]):
         self._faces = FaceFinder(config.face_detect_max_side, config.face_upsample)
         self._model: ColorCuesNet | None = None
         self._weights_id: str | None = None
+        self._operating = OperatingPoint(config.threshold, config.uncertain_band)
         self._device = torch.device("cpu")
 
     @property
@@ -169,9 +220,16 @@ class ColorCuesDetector(Detector[ColorCuesConfig]):
         """Histogram length: bins squared."""
         return self.config.histogram_bins**2
 
+    @property
+    def operating(self) -> OperatingPoint:
+        """Threshold, UNCERTAIN band and calibration in use (final after ``setup``)."""
+        return self._operating
+
     def setup(self, device: str) -> None:
-        """Build the network, load its weights (or seeded dummies), move it to ``device``."""
+        """Build the network, load its weights (or seeded dummies) and their operating point from
+        the weights manifest, move it to ``device``."""
         cfg = self.config
+        entry: ManifestEntry | None = None
         if cfg.weights == "dummy":
             # Seeded in a forked RNG so that building a detector leaves torch's global RNG alone.
             with torch.random.fork_rng(devices=[]):
@@ -180,12 +238,44 @@ class ColorCuesDetector(Detector[ColorCuesConfig]):
             weights_id = "dummy"
         else:
             model = ColorCuesNet(self.input_size, cfg.hidden_size, cfg.dropout)
-            weights_id = load_checked(model, cfg.weights)
+            weights_id, entry = self._load(model)
+        self._operating = operating_point(
+            entry,
+            cfg.threshold,
+            cfg.uncertain_band,
+            {name: name in cfg.model_fields_set for name in ("threshold", "uncertain_band")},
+        )
         self._device = torch.device(device)
         self._model = model.to(self._device).eval()
         self._weights_id = weights_id
         # The 100 MB landmark model: load it now so a missing file fails at start-up.
         self._faces.load()
+
+    def _load(self, model: ColorCuesNet) -> tuple[str, ManifestEntry | None]:
+        """Load the configured checkpoint; returns its sha256 and its manifest entry, if any."""
+        cfg = self.config
+        if cfg.weights == FROM_MANIFEST:
+            manifest_path = find_manifest(cfg.manifest)
+            entry = read_manifest(manifest_path).default_entry(KEY)
+            sha256 = load_checked(model, manifest_path.parent / entry.file)
+            if sha256 != entry.sha256:
+                raise WeightsError(
+                    f"{entry.file} has sha256 {sha256}, but {manifest_path} registered "
+                    f"{entry.sha256}: the file changed after its operating point was measured"
+                )
+            return sha256, entry
+        sha256 = load_checked(model, cfg.weights)
+        manifest_path = Path(cfg.manifest or Path(cfg.weights).parent / MANIFEST_NAME)
+        if cfg.manifest is None and not manifest_path.exists():
+            return sha256, None
+        try:
+            return sha256, read_manifest(manifest_path).by_sha256(KEY, sha256)
+        except ManifestError:
+            if cfg.manifest is not None:
+                raise
+            # A broken manifest someone else keeps beside the file must not stop a checkpoint
+            # that was named directly; it then runs on the configured threshold.
+            return sha256, None
 
     def prepare(self, frames: SampledFrames) -> ColorCuesInput | NoFace:
         """Face histograms of the sampled frames (frames without a face are skipped)."""
@@ -229,11 +319,11 @@ class ColorCuesDetector(Detector[ColorCuesConfig]):
             if problem is not None:
                 results[i] = DetectorError(f"{KEY}: bad prepared input: {problem}")
                 continue
-            item_windows = self._windows(item)
+            item_windows = self.windows(item)
             owners.append((i, item, len(windows), len(item_windows)))
             windows.extend(item_windows)
         if windows:
-            scores = self._score(self._model, np.stack(windows))
+            scores = self.window_scores(np.stack(windows))
             for i, item, first, count in owners:
                 results[i] = self._verdict(item, scores[first : first + count])
         return [results[i] for i in range(len(batch))]
@@ -256,27 +346,25 @@ class ColorCuesDetector(Detector[ColorCuesConfig]):
             return "window starts out of range"
         return None
 
-    def _windows(self, item: ColorCuesInput) -> list[np.ndarray]:
-        length = self.config.sequence_length
-        hists = item.histograms.astype(np.float32, copy=False)
-        if hists.shape[0] < length:
-            # A short video still gets a verdict: the LSTM takes fixed-length windows, and
-            # holding the last face still is the least invented filler (no zeros or black
-            # frames the network never saw in training).
-            padding = np.repeat(hists[-1:], length - hists.shape[0], axis=0)
-            return [np.concatenate([hists, padding])]
-        return [hists[s : s + length] for s in item.window_starts]
+    def windows(self, item: ColorCuesInput) -> list[np.ndarray]:
+        """The fixed-length LSTM windows of a prepared video, as ``predict`` scores them."""
+        return video_windows(item.histograms, item.window_starts, self.config.sequence_length)
 
-    def _score(self, model: ColorCuesNet, windows: np.ndarray) -> np.ndarray:
+    def window_scores(self, windows: np.ndarray) -> np.ndarray:
+        """The network's uncalibrated fake probability for each window (n, steps, features)."""
+        if self._model is None:
+            raise RuntimeError("setup() has not run")
         with torch.inference_mode():
             x = torch.from_numpy(windows).to(self._device)
-            probs = torch.sigmoid(model(x))
+            probs = torch.sigmoid(self._model(x))
         result: np.ndarray = probs.float().cpu().numpy()
         return result
 
     def _verdict(self, item: ColorCuesInput, scores: np.ndarray) -> DetectorResult:
         cfg = self.config
-        probability = float(scores.mean())
+        op = self._operating
+        raw = float(scores.mean())
+        probability = op.probability(raw)
         count = item.histograms.shape[0]
         # Each frame scores the mean of the windows that cover it.
         total = np.zeros(count)
@@ -285,16 +373,18 @@ class ColorCuesDetector(Detector[ColorCuesConfig]):
             total[start : start + cfg.sequence_length] += score
             covering[start : start + cfg.sequence_length] += 1
         frame_scores = [
-            FrameScore(timestamp=t, fake_probability=float(s / c))
+            FrameScore(timestamp=t, fake_probability=op.probability(float(s / c)))
             for t, s, c in zip(item.timestamps, total, covering, strict=True)
         ]
         return DetectorResult(
-            label=Label.FAKE if probability >= cfg.threshold else Label.REAL,
+            label=op.label(probability),
             fake_probability=probability,
-            threshold=cfg.threshold,
+            threshold=op.threshold,
             frame_scores=frame_scores,
             details={
                 "weights": self.weights_id,
+                "raw_probability": raw,
+                "operating_point": op.describe(),
                 "frames_sampled": item.frames_sampled,
                 "frames_with_face": count,
                 "windows": len(scores),
@@ -306,7 +396,7 @@ class ColorCuesDetector(Detector[ColorCuesConfig]):
         return DetectorResult(
             label=Label.ABSTAIN,
             fake_probability=None,
-            threshold=self.config.threshold,
+            threshold=self._operating.threshold,
             details={
                 "reason": "no_face",
                 "weights": self.weights_id,

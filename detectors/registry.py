@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from detectors.base import Detector
 from detectors.errors import DetectorError
@@ -13,6 +14,8 @@ from detectors.errors import DetectorError
 # key -> module that defines the detector class with that key.
 _PLUGINS: dict[str, str] = {
     "color-cues-lstm-v1": "detectors.color_cues",
+    "siglip-lstm-v1": "detectors.siglip_lstm",
+    "siglip-lstm-v3": "detectors.siglip_lstm",
 }
 
 
@@ -24,6 +27,21 @@ class UnknownDetector(DetectorError, KeyError):
     def __str__(self) -> str:
         # KeyError would quote the message like a key.
         return self.message
+
+
+class NoCheckpointCheck(DetectorError):
+    """This detector cannot check a checkpoint without loading it."""
+
+    code = "no_checkpoint_check"
+
+
+@runtime_checkable
+class ChecksCheckpoints(Protocol):
+    """A detector that can check a checkpoint against its configured network offline."""
+
+    def check_checkpoint(self, path: Path) -> str:
+        """Raise ``WeightsError`` naming every bad key; return the file's sha256."""
+        ...
 
 
 def _load() -> tuple[dict[str, type[Detector[Any]]], dict[str, str]]:
@@ -75,3 +93,16 @@ def build(key: str, raw_config: Mapping[str, Any]) -> Detector[Any]:
         raise UnknownDetector(message)
     config = cls.config_class.model_validate(dict(raw_config))
     return cls(config)
+
+
+def check_checkpoint(key: str, raw_config: Mapping[str, Any], path: Path) -> str:
+    """Check the checkpoint at ``path`` against the network that ``raw_config`` configures for
+    ``key``, on the CPU, without setting the detector up; returns the file's sha256.
+
+    Raises ``WeightsError`` (from ``detectors.weights``) naming every bad key,
+    ``NoCheckpointCheck`` when the detector cannot check offline, and what ``build`` raises.
+    """
+    detector = build(key, raw_config)
+    if not isinstance(detector, ChecksCheckpoints):
+        raise NoCheckpointCheck(f"detector {key!r} cannot check a checkpoint without loading it")
+    return detector.check_checkpoint(path)

@@ -1,148 +1,247 @@
-"""The HTTP API: health and read access to jobs and verdicts."""
+"""The HTTP API: the native ``/v1`` job API, the older service's endpoints, health, metrics
+and the OpenAPI document with its interactive docs.
+
+One middleware frames every request: it gives it an id (``X-Request-ID``), checks the API key
+against the route's scope, turns every error (the router's 404 and 405 included) into one JSON
+shape, and counts the request for ``/metrics``.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import logging
+import os
 import re
-from typing import Any
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from http import HTTPStatus
+from importlib import metadata
+from typing import Any, Literal
 
 from aiohttp import web
 from sqlalchemy import Engine
 
-from processor.config import Config
-from processor.verdict import overall_verdict, result_document
+from processor import api_docs, api_native, api_seed
+from processor.api_auth import HEADER, Keyring
+from processor.api_common import STATE, ApiError, ApiState, io, job_document, now_iso
+from processor.api_metrics import ApiMetrics
+from processor.api_uploads import sweep
+from processor.config import Config, ConfigError
+from processor.lifecycle import Lifecycle
 from processor.worker import Worker
-from storage.db import ping
-from storage.queue import JobQueue, JobState, JobView
+from storage.errors import StorageError
+from storage.queue import JobQueue
 
-QUEUE = web.AppKey("queue", JobQueue)
-ENGINE = web.AppKey("engine", Engine)
-WORKER: web.AppKey[Worker | None] = web.AppKey("worker")
+__all__ = ["init_app", "job_document"]
 
-_JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+log = logging.getLogger(__name__)
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# None: open to all; "health"/"metrics": open unless the matching *_requires_key flag is set.
+Access = Literal["read", "submit", "health", "metrics"] | None
 
-def error(status: int, code: str, message: str) -> web.HTTPException:
-    """One JSON error shape for every endpoint."""
-    exc = web.HTTPException(
-        text=web.json_response({"error": {"code": code, "message": message}}).text,
-        content_type="application/json",
-    )
-    exc.set_status(status)
-    return exc
+ACCESS: web.AppKey[dict[Any, Access]] = web.AppKey("drishtiksha_access")
 
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_SEED_PREFIX = "/analyze"
 
-def job_document(job: JobView) -> dict[str, Any]:
-    """A job as the API shows it."""
-    return {
-        "id": job.id,
-        "state": job.state.value,
-        "sha256": job.video_sha256,
-        "source": {"kind": job.source_kind, "ref": job.source_ref, "inbox": job.inbox},
-        "detectors": job.detectors,
-        "priority": job.priority,
-        "attempts": job.attempts,
-        "cached": job.cached,
-        "error": (
-            {"code": job.error_code, "message": job.error_message} if job.error_code else None
-        ),
-        "output_path": job.output_path,
-        "created_at": job.created_at.isoformat(),
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        "verdict": overall_verdict(job.results) if job.state is JobState.DONE else None,
-        "results": [result_document(r) for r in job.results],
-    }
+ROUTES: list[tuple[str, str, Handler, Access]] = [
+    ("GET", "/", api_seed.service_info, "health"),
+    ("GET", "/health", api_native.health, "health"),
+    ("GET", "/metrics", api_native.metrics, "metrics"),
+    ("GET", "/openapi.json", api_docs.openapi_json, None),
+    ("GET", "/docs", api_docs.docs_page, None),
+    ("GET", "/docs/init.js", api_docs.docs_init, None),
+    ("POST", "/analyze", api_seed.analyze, "submit"),
+    ("POST", "/analyze/detailed", api_seed.analyze_detailed, "submit"),
+    ("POST", "/analyze/frames", api_seed.analyze_frames, "submit"),
+    ("POST", "/analyze/visualize", api_seed.analyze_visualize, "submit"),
+    ("POST", "/v1/jobs", api_native.submit_job, "submit"),
+    ("GET", "/v1/jobs", api_native.list_jobs, "read"),
+    ("GET", "/v1/jobs/{job_id}", api_native.get_job, "read"),
+    ("DELETE", "/v1/jobs/{job_id}", api_native.cancel_job, "submit"),
+    ("GET", "/v1/jobs/{job_id}/frames", api_native.job_frames, "read"),
+    ("GET", "/v1/videos/{sha256}", api_native.get_video, "read"),
+    ("GET", "/v1/detectors", api_native.list_detectors, "read"),
+]
 
 
-async def health(request: web.Request) -> web.Response:
-    """Ready when the database answers; reports queue counts."""
-    queue = request.app[QUEUE]
-    try:
-        await asyncio.to_thread(ping, request.app[ENGINE])
-        counts = await asyncio.to_thread(queue.counts)
-    except Exception as exc:  # any failure to reach the database means not ready
-        return web.json_response(
-            {"status": "unhealthy", "database": f"unreachable: {type(exc).__name__}"},
-            status=503,
+def _scope(state: ApiState, access: Access) -> Literal["read", "submit"] | None:
+    if access == "health":
+        return "read" if state.config.api.health_requires_key else None
+    if access == "metrics":
+        return "read" if state.config.api.metrics_requires_key else None
+    return access
+
+
+def _authorize(request: web.Request, state: ApiState, access: Access) -> None:
+    scope = _scope(state, access)
+    if scope is None or state.keyring.open:
+        return
+    principal = state.keyring.identify(request.headers.get(HEADER))
+    if principal is None:
+        missing = HEADER not in request.headers
+        raise ApiError(
+            401,
+            "missing_api_key" if missing else "invalid_api_key",
+            f"send a valid API key in the {HEADER} header"
+            if missing
+            else f"the {HEADER} header does not hold a valid API key",
+            headers={"WWW-Authenticate": f'ApiKey header="{HEADER}"'},
+            title="Unauthorized",
         )
-    worker = request.app[WORKER]
-    body: dict[str, Any] = {"status": "healthy", "database": "ok", "jobs": counts}
-    if worker is not None:
-        body["worker"] = {"id": worker.worker_id, "held_jobs": len(worker.held)}
-        body["detectors"] = {
-            key: {"version": det.version, "weights": det.weights_id}
-            for key, det in worker.pipeline.detectors.items()
+    if scope not in principal.scopes:
+        raise ApiError(
+            403,
+            "insufficient_scope",
+            f"the key '{principal.name}' lacks the '{scope}' scope this endpoint needs",
+            title="Forbidden",
+        )
+
+
+def error_response(request: web.Request, exc: ApiError, request_id: str) -> web.Response:
+    """The error document: ``{"error": {code, message, request_id}}``, or on the older
+    service's routes its own shape (error, message, suggestions, timestamp, ...)."""
+    if request.path == _SEED_PREFIX or request.path.startswith(_SEED_PREFIX + "/"):
+        body: dict[str, Any] = {
+            "error": exc.title or _phrase(exc.status),
+            "message": exc.message,
+            "code": exc.code,
+            "suggestions": [],
+            "timestamp": now_iso(),
+            "request_id": request_id,
         }
-    return web.json_response(body)
+        body.update(exc.extra)
+    else:
+        body = {"error": {"code": exc.code, "message": exc.message, "request_id": request_id}}
+        body["error"].update(exc.extra)
+    return web.json_response(body, status=exc.status, headers=exc.headers)
 
 
-async def get_job(request: web.Request) -> web.Response:
-    """One job with its results."""
-    job_id = request.match_info["job_id"]
-    if not _JOB_ID.match(job_id):
-        raise error(400, "bad_job_id", "a job id is 32 lowercase hex characters")
-    job = await asyncio.to_thread(request.app[QUEUE].get, job_id)
-    if job is None:
-        raise error(404, "job_not_found", f"no job {job_id}")
-    return web.json_response(job_document(job))
-
-
-async def list_jobs(request: web.Request) -> web.Response:
-    """Newest first, with cursor pagination (``?before=<job id>``)."""
-    state_arg = request.query.get("state")
+def _phrase(status: int) -> str:
     try:
-        state = JobState(state_arg) if state_arg else None
-        limit = int(request.query.get("limit", "50"))
-    except ValueError as exc:
-        raise error(400, "bad_query", str(exc)) from exc
-    if not 1 <= limit <= 500:
-        raise error(400, "bad_query", "limit must be between 1 and 500")
-    before = request.query.get("before")
-    if before is not None and not _JOB_ID.match(before):
-        raise error(400, "bad_query", "before must be a job id")
-    jobs = await asyncio.to_thread(
-        lambda: request.app[QUEUE].list(state=state, limit=limit, before=before)
-    )
-    return web.json_response(
-        {
-            "jobs": [job_document(j) for j in jobs],
-            "next": jobs[-1].id if len(jobs) == limit else None,
-        }
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _from_http_exception(exc: web.HTTPException) -> ApiError:
+    """The router's (and aiohttp's) own errors, in our terms."""
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
+    headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+    return ApiError(
+        exc.status,
+        codes.get(exc.status, f"http_{exc.status}"),
+        exc.reason if exc.status != 404 else "no such endpoint",
+        headers=headers,
     )
 
 
-async def get_video(request: web.Request) -> web.Response:
-    """Have we seen these exact bytes, and what did we say?"""
-    sha = request.match_info["sha256"].lower()
-    if not _SHA256.match(sha):
-        raise error(400, "bad_sha256", "a sha256 is 64 hex characters")
-    queue = request.app[QUEUE]
-    video = await asyncio.to_thread(queue.get_video, sha)
-    if video is None:
-        raise error(404, "video_not_found", "these bytes have never been seen")
-    jobs = await asyncio.to_thread(queue.jobs_for_video, sha)
-    return web.json_response(
-        {
-            "sha256": sha,
-            "size_bytes": video.size_bytes,
-            "first_seen": video.first_seen.isoformat(),
-            "jobs": [job_document(j) for j in jobs],
-        }
+@web.middleware
+async def frame(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, access control, errors in one shape, and request metrics."""
+    state = request.app[STATE]
+    incoming = request.headers.get("X-Request-ID", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    start = time.perf_counter()
+    route = request.match_info.route.resource
+    route_name = route.canonical if route is not None else "unmatched"
+    response: web.StreamResponse
+    try:
+        access = request.app[ACCESS].get(request.match_info.handler)
+        _authorize(request, state, access)
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(request, exc, request_id)
+    except web.HTTPException as exc:
+        response = error_response(request, _from_http_exception(exc), request_id)
+    except StorageError as exc:
+        log.warning("request %s: database error: %s", request_id, exc)
+        response = error_response(
+            request,
+            ApiError(503, exc.code, "the job database is unavailable; try again shortly"),
+            request_id,
+        )
+        response.headers["Retry-After"] = "5"
+    except Exception:
+        log.exception("request %s: %s %s failed", request_id, request.method, request.path)
+        response = error_response(
+            request,
+            ApiError(500, "internal_error", "internal error; see the server log"),
+            request_id,
+        )
+    response.headers["X-Request-ID"] = request_id
+    state.metrics.observe_request(
+        route_name, request.method, response.status, time.perf_counter() - start
     )
+    return response
 
 
 def init_app(
-    config: Config, queue: JobQueue, engine: Engine, worker: Worker | None
+    config: Config,
+    queue: JobQueue,
+    engine: Engine,
+    worker: Worker | None,
+    *,
+    environ: Mapping[str, str] | None = None,
 ) -> web.Application:
-    """The aiohttp application over an open queue."""
-    app = web.Application()
-    app[QUEUE] = queue
-    app[ENGINE] = engine
-    app[WORKER] = worker
-    app.router.add_get("/health", health)
-    app.router.add_get("/v1/jobs", list_jobs)
-    app.router.add_get("/v1/jobs/{job_id}", get_job)
-    app.router.add_get("/v1/videos/{sha256}", get_video)
+    """The aiohttp application over an open queue; ``worker`` is this process's worker, if it
+    has one. Raises ConfigError for an API that may not start as configured."""
+    # Imported here: processor.daemon imports this module to start the API.
+    from processor.daemon import decode_limits, resolve_device
+
+    api = config.api
+    detector_keys = config.all_detector_keys()
+    if api.default_model not in detector_keys:
+        raise ConfigError(
+            f"api.default_model: {api.default_model!r} is not a detector any inbox uses "
+            f"({', '.join(detector_keys)}); set api.default_model to one of them"
+        )
+    keyring = Keyring.from_config(api, os.environ if environ is None else environ)
+    metrics = ApiMetrics(queue)
+    state = ApiState(
+        config=config,
+        queue=queue,
+        engine=engine,
+        worker=worker,
+        lifecycle=worker.lifecycle
+        if worker is not None
+        else Lifecycle(queue, config.inboxes, config.queue),
+        keyring=keyring,
+        metrics=metrics,
+        detector_keys=detector_keys,
+        max_upload_bytes=api.max_upload_bytes or config.limits.max_file_bytes,
+        limits=decode_limits(config),
+        device=resolve_device(config.device) if worker is not None else None,
+        version=_version(),
+    )
+    app = web.Application(middlewares=[frame])
+    app[STATE] = state
+    app[ACCESS] = {}
+    for method, path, handler, access in ROUTES:
+        app.router.add_route(method, path, handler)
+        app[ACCESS][handler] = access
+    api_docs.add_static(app)
+    app.cleanup_ctx.append(_background)
+    if keyring.open:
+        log.warning(
+            "API on %s:%d accepts requests without a key (none is configured)", api.host, api.port
+        )
     return app
+
+
+async def _background(app: web.Application) -> Any:
+    """Startup: clean the upload area, watch the worker's batches; cleanup: undo that."""
+    state = app[STATE]
+    await io(sweep, state.config.api.upload_dir, state.queue.known_job_ids)
+    undo = state.metrics.observe_batches(state.worker.pipeline) if state.worker else None
+    yield
+    if undo is not None:
+        undo()
+
+
+def _version() -> str:
+    try:
+        return metadata.version("drishtiksha")
+    except metadata.PackageNotFoundError:
+        return "unknown"

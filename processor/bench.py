@@ -12,6 +12,7 @@ from pathlib import Path
 
 from detectors.errors import DetectorError
 from detectors.frames import DecodeLimits, decode_by_seeking, decode_sampled
+from processor.pipeline import Pipeline
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 
@@ -74,3 +75,145 @@ def summarise(rows: list[DecodeRow]) -> dict[str, float]:
         if rows
         else float("nan"),
     }
+
+
+def _queue_worker(
+    url: str, worker_id: str, batch: int, start_at: float
+) -> tuple[int, list[float], float, float]:
+    """One benchmark process: claim and complete until the queue is empty."""
+    from storage.db import make_engine
+    from storage.queue import JobQueue, NewResult
+
+    engine = make_engine(url)
+    queue = JobQueue(engine)
+    noop = NewResult(
+        detector="noop",
+        version="0",
+        weights_id="dummy",
+        label="ABSTAIN",
+        fake_probability=None,
+        threshold=0.5,
+        frame_scores=[],
+        details={},
+        elapsed_s=0.0,
+    )
+    latencies: list[float] = []
+    done = 0
+    while time.time() < start_at:
+        time.sleep(0.001)
+    first = time.time()
+    while True:
+        t0 = time.perf_counter()
+        claimed = queue.claim(worker_id, batch, 60)
+        latencies.append(time.perf_counter() - t0)
+        if not claimed:
+            break
+        for job in claimed:
+            if queue.complete(job.id, worker_id, [noop]):
+                done += 1
+    last = time.time()
+    engine.dispose()
+    return done, latencies, first, last
+
+
+@dataclass
+class QueueRun:
+    workers: int
+    jobs: int
+    seconds: float
+    claim_p50_ms: float
+    claim_p95_ms: float
+    claim_p99_ms: float
+
+    @property
+    def jobs_per_s(self) -> float:
+        return self.jobs / self.seconds
+
+
+def bench_queue(url: str, jobs: int, workers: int, batch: int) -> QueueRun:
+    """Fill the queue with ``jobs`` jobs, then time ``workers`` processes draining it with a
+    no-op in place of inference: claim, then complete with one result row, per job."""
+    import concurrent.futures
+    import multiprocessing
+    import uuid
+
+    from storage.db import make_engine, upgrade
+    from storage.queue import JobQueue
+
+    engine = make_engine(url)
+    upgrade(engine)
+    queue = JobQueue(engine)
+    for _ in range(jobs):
+        queue.enqueue(
+            job_id=uuid.uuid4().hex,
+            sha256=uuid.uuid4().hex * 2,
+            size_bytes=1,
+            source_kind="bench",
+            source_ref="bench",
+            detectors=["noop"],
+        )
+    engine.dispose()
+    # Every process starts claiming at the same moment, once all have imported and connected.
+    start_at = time.time() + 5.0
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        futures = [
+            pool.submit(_queue_worker, url, f"bench-{i}", batch, start_at) for i in range(workers)
+        ]
+        results = [f.result() for f in futures]
+    seconds = max(r[3] for r in results) - min(r[2] for r in results)
+    done = sum(r[0] for r in results)
+    lat = sorted(x for r in results for x in r[1])
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
+
+    return QueueRun(workers, done, seconds, pct(0.5), pct(0.95), pct(0.99))
+
+
+@dataclass
+class PipelineRun:
+    """Seconds per stage summed over all videos, and the wall time of each way."""
+
+    videos: int
+    decode_s: float
+    prepare_s: dict[str, float]
+    predict_s: dict[str, float]
+    ours_wall_s: float
+    seed_wall_s: float | None
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.seed_wall_s is None else self.seed_wall_s / self.ours_wall_s
+
+
+def bench_pipeline(
+    pipeline: Pipeline, videos: list[Path], batch: int, seed_way: bool
+) -> PipelineRun:
+    """Our way (one sequential decode per video shared by all detectors, detectors run over
+    batches of ``batch`` videos) against the older service's way (for every video and every
+    detector: a seek per sampled frame, then that detector alone on that one video)."""
+    keys = list(pipeline.detectors)
+    run = PipelineRun(len(videos), 0.0, dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 0.0), 0, None)
+    start = time.perf_counter()
+    for i in range(0, len(videos), batch):
+        prepared = [pipeline.prepare(v, keys) for v in videos[i : i + batch]]
+        for p in prepared:
+            run.decode_s += p.decode_s
+            for key in keys:
+                run.prepare_s[key] += p.prepare_s.get(key, 0.0)
+        for key, det in pipeline.detectors.items():
+            inputs = [p.inputs[key] for p in prepared if key in p.inputs]
+            run.predict_s[key] += _timed(partial(det.predict, inputs)) if inputs else 0.0
+    run.ours_wall_s = time.perf_counter() - start
+    if seed_way:
+        start = time.perf_counter()
+        for video in videos:
+            for det in pipeline.detectors.values():
+                frames = decode_by_seeking(video, det.num_frames)
+                try:
+                    det.predict([det.prepare(frames)])
+                except DetectorError:
+                    continue  # e.g. no face: the older service stopped here too
+        run.seed_wall_s = time.perf_counter() - start
+    return run

@@ -218,6 +218,23 @@ def detectors_cmd(config: ConfigOpt = None) -> None:
     out.print(table)
 
 
+@app.command("workers")
+def workers_cmd(config: ConfigOpt = None) -> None:
+    """Worker processes sharing the database: alive or not, and the jobs each holds."""
+    cfg = _config(config)
+    table = Table("worker", "host", "pid", "alive", "last heartbeat", "held jobs")
+    for w in _queue(cfg).workers(alive_within_s=cfg.queue.lease_s):
+        table.add_row(
+            w.id,
+            w.host,
+            str(w.pid),
+            "yes" if w.alive else "no",
+            w.heartbeat_at.strftime("%Y-%m-%d %H:%M:%S"),
+            ", ".join(w.held_jobs) or "-",
+        )
+    out.print(table)
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOpt = None) -> None:
     """Apply database migrations."""
@@ -242,6 +259,106 @@ def config_check(config: ConfigOpt = None) -> None:
         err.print(f"error: {exc}", highlight=False)
         raise typer.Exit(2) from exc
     out.print_json(cfg.model_dump_json())
+
+
+@bench_app.command("queue")
+def bench_queue_cmd(
+    database_url: Annotated[
+        str, typer.Option(help="An empty database to fill (its jobs table grows).")
+    ],
+    jobs: Annotated[int, typer.Option(help="Jobs per run.")] = 2000,
+    workers: Annotated[str, typer.Option(help="Worker process counts to try.")] = "1,2,4",
+    batch: Annotated[int, typer.Option(help="Jobs per claim.")] = 1,
+) -> None:
+    """Jobs per second through the queue with a no-op instead of inference, and claim
+    latency percentiles, for each number of worker processes."""
+    from processor.bench import bench_queue, machine
+
+    out.print(f"machine: {machine()}")
+    out.print(
+        f"command: drishtiksha bench queue --database-url <{database_url.split(':')[0]}> "
+        f"--jobs {jobs} --workers {workers} --batch {batch}"
+    )
+    table = Table("workers", "jobs", "seconds", "jobs/s", "claim p50 ms", "p95 ms", "p99 ms")
+    for n in (int(x) for x in workers.split(",")):
+        run = bench_queue(database_url, jobs, n, batch)
+        table.add_row(
+            str(n),
+            str(run.jobs),
+            f"{run.seconds:.2f}",
+            f"{run.jobs_per_s:.0f}",
+            f"{run.claim_p50_ms:.2f}",
+            f"{run.claim_p95_ms:.2f}",
+            f"{run.claim_p99_ms:.2f}",
+        )
+    out.print(table)
+
+
+@bench_app.command("detectors")
+def bench_detectors_cmd(
+    videos: Annotated[Path, typer.Option(help="Folder of videos.")] = Path("../shared/videos"),
+    detectors: Annotated[
+        str, typer.Option(help="Comma-separated keys (default: every configured detector).")
+    ] = "",
+    limit: Annotated[int, typer.Option(help="At most this many videos.")] = 8,
+    batch: Annotated[int, typer.Option(help="Videos per batch.")] = 8,
+    weights: Annotated[
+        str | None, typer.Option(help="Override every detector's weights, e.g. 'dummy'.")
+    ] = None,
+    seed_way: Annotated[
+        bool, typer.Option(help="Also time the older service's way, for the ratio.")
+    ] = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Videos per second and time per stage through the detectors, ours against the older
+    service's per-video, per-model, seek-per-frame way."""
+    from processor.bench import bench_pipeline, machine, video_files
+    from processor.daemon import build_detectors, decode_limits, resolve_device
+    from processor.pipeline import Pipeline
+
+    cfg = _config(config)
+    keys = detectors.split(",") if detectors else list(cfg.detectors)
+    sections = {k: {**cfg.detectors.get(k, {})} for k in keys}
+    if weights is not None:
+        for section in sections.values():
+            section["weights"] = weights
+    cfg = cfg.model_copy(update={"detectors": sections})
+    try:
+        built = build_detectors(cfg, keys)
+    except ConfigError as exc:
+        err.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    device = resolve_device(cfg.device)
+    for det in built.values():
+        det.setup(device)
+    files = video_files(videos)[:limit]
+    run = bench_pipeline(
+        Pipeline(built, decode_limits(cfg), cfg.decode.max_side), files, batch, seed_way
+    )
+    out.print(f"machine: {machine()}, device {device}")
+    out.print(
+        f"command: drishtiksha bench detectors --detectors {','.join(keys)} --limit {limit} "
+        f"--batch {batch}" + (f" --weights {weights}" if weights else "")
+    )
+    table = Table("stage", "seconds", "per video (ms)")
+    table.add_row(
+        "decode (shared)", f"{run.decode_s:.2f}", f"{run.decode_s / run.videos * 1e3:.0f}"
+    )
+    for key in keys:
+        for stage, values in (("prepare", run.prepare_s), ("predict", run.predict_s)):
+            table.add_row(
+                f"{stage} {key}", f"{values[key]:.2f}", f"{values[key] / run.videos * 1e3:.0f}"
+            )
+    out.print(table)
+    out.print(
+        f"ours: {run.videos} videos in {run.ours_wall_s:.2f} s = "
+        f"{run.videos / run.ours_wall_s:.3f} videos/s"
+    )
+    if run.seed_wall_s is not None and run.ratio is not None:
+        out.print(
+            f"older service's way: {run.seed_wall_s:.2f} s = "
+            f"{run.videos / run.seed_wall_s:.3f} videos/s; ours is {run.ratio:.2f}x faster"
+        )
 
 
 @bench_app.command("decode")
@@ -280,6 +397,405 @@ def bench_decode_cmd(
         f"{s['seeking_total_s']:.2f} s ({s['seeking_total_s'] / len(rows) * 1000:.0f} ms/video);"
         f" seeking/sequential: {s['ratio_total']:.2f}x total, {s['ratio_median']:.2f}x median"
     )
+
+
+@app.command()
+def train(
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="labels CSV (file,label[,dataset,origin_repo,sha256,group]; paths relative to "
+            "it) or a folder with real/ and fake/ (or a labels.csv)."
+        ),
+    ],
+    detector: Annotated[str, typer.Option(help="Detector to train.")] = "color-cues-lstm-v1",
+    out_dir: Annotated[
+        Path,
+        typer.Option("--out", help="Folder for the checkpoint, model card and manifest.json."),
+    ] = Path("weights"),
+    seed: Annotated[int, typer.Option(help="Seeds the split, the training and the CIs.")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Share of each label for validation.")] = 0.2,
+    test_fraction: Annotated[float, typer.Option(help="Share of each label held out.")] = 0.25,
+    epochs: Annotated[int, typer.Option(help="Epoch budget (early stopping may end sooner).")] = 60,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the saved run with the same data and settings.")
+    ] = False,
+    patience: Annotated[int, typer.Option(help="Epochs without improvement before stopping.")] = 12,
+    batch_size: Annotated[int, typer.Option(help="Windows per optimiser step.")] = 32,
+    learning_rate: Annotated[float, typer.Option(help="Adam's learning rate.")] = 1e-3,
+    target_fpr: Annotated[
+        float | None,
+        typer.Option(help="Threshold at this validation false-positive rate (default: at EER)."),
+    ] = None,
+    uncertain_fraction: Annotated[
+        float, typer.Option(help="Share of validation clips nearest the threshold made UNCERTAIN.")
+    ] = 0.2,
+    cache_dir: Annotated[Path, typer.Option(help="Feature cache.")] = Path("var/cache/features"),
+    state_dir: Annotated[
+        Path, typer.Option(help="Per-epoch training state (for --resume).")
+    ] = Path("var/cache/training"),
+    workers: Annotated[int, typer.Option(help="Threads extracting features.")] = 2,
+    config: ConfigOpt = None,
+) -> None:
+    """Train a detector's head on labelled videos, calibrate it on a validation split, measure it
+    on a held-out split, and write checkpoint, model card and manifest entry to --out."""
+    from pydantic import ValidationError
+
+    from detectors import training as tr
+    from detectors.color_cues import KEY, ColorCuesConfig, ColorCuesDetector
+
+    cfg = _config(config)
+    setup_logging("WARNING", "text")
+    if detector != KEY:
+        err.print(f"error: only {KEY} can be trained so far, not {detector!r}")
+        raise typer.Exit(2)
+    # The configured feature settings, with the weights and operating point left out: features
+    # do not depend on them, and training must not need an existing checkpoint.
+    section = {
+        k: v
+        for k, v in cfg.detectors.get(KEY, {}).items()
+        if k not in ("weights", "threshold", "uncertain_band", "manifest")
+    }
+    try:
+        det_cfg = ColorCuesConfig.model_validate(section)
+        clips = tr.assign_groups(tr.load_clips(data))
+        splits = tr.group_split(
+            [c.label for c in clips], [c.group for c in clips], val_fraction, test_fraction, seed
+        )
+    except (ValidationError, tr.DatasetError) as exc:
+        err.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    params = tr.TrainParams(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        patience=patience,
+        seed=seed,
+    )
+    command = (
+        f"uv run drishtiksha train --detector {detector} --data {data} --out {out_dir}"
+        f" --seed {seed}"
+        f" --val-fraction {val_fraction} --test-fraction {test_fraction} --epochs {epochs}"
+        f" --patience {patience} --batch-size {batch_size} --learning-rate {learning_rate}"
+        f" --uncertain-fraction {uncertain_fraction}"
+        + (f" --target-fpr {target_fpr}" if target_fpr is not None else "")
+    )
+    settings = tr.ShipSettings(
+        out_dir=out_dir,
+        data_source=str(data),
+        command=command,
+        code_version=_code_version(),
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        target_fpr=target_fpr,
+        uncertain_fraction=uncertain_fraction,
+    )
+    extractor = ColorCuesDetector(det_cfg)
+    extractor.setup("cpu")
+    pipeline, cache = _feature_source(cfg, extractor, cache_dir)
+    with Progress(console=err) as progress:
+        task = progress.add_task("features", total=len(clips))
+        features = tr.extract_features(
+            clips, cache, _preparer(pipeline, KEY), workers, lambda: progress.advance(task)
+        )
+        fit = progress.add_task("training", total=epochs)
+
+        def on_epoch(record: dict[str, float]) -> None:
+            progress.update(
+                fit,
+                completed=record["epoch"],
+                description=f"training (val loss {record['val_loss']:.3f})",
+            )
+
+        try:
+            report = tr.train_and_ship(
+                clips,
+                splits,
+                features,
+                det_cfg,
+                params,
+                settings,
+                state_path=state_dir / f"{KEY}.state.pt",
+                resume=resume,
+                on_epoch=on_epoch,
+            )
+        except tr.DatasetError as exc:
+            err.print(f"error: {exc}", highlight=False)
+            raise typer.Exit(2) from exc
+    training = report["training"]
+    if training.resumed_from is not None:
+        out.print(f"resumed after epoch {training.resumed_from}")
+    out.print(
+        f"best epoch {training.best_epoch} of {training.epochs_run}; "
+        f"wrote {out_dir / report['checkpoint']} (sha256 {report['sha256'][:12]}), "
+        f"{out_dir / (KEY + '.md')}, {out_dir / 'manifest.json'}"
+    )
+    _print_reports({"test (held out)": report["measured"]["test"]})
+
+
+def _code_version() -> str:
+    """``git describe`` of the source tree, when it is a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return done.stdout.strip()
+
+
+def _feature_source(cfg: Config, detector: Any, cache_dir: Path) -> tuple[Any, Any]:
+    """The daemon's pipeline for one detector, and the feature cache for its settings."""
+    import dataclasses
+
+    from detectors import training as tr
+    from processor.daemon import decode_limits
+    from processor.pipeline import Pipeline
+
+    limits = decode_limits(cfg)
+    pipeline = Pipeline({detector.key: detector}, limits, cfg.decode.max_side)
+    settings = detector.config.feature_settings() | {
+        "decode_max_side": cfg.decode.max_side,
+        "limits": dataclasses.asdict(limits),
+    }
+    namespace = tr.feature_namespace(detector.key, detector.version, settings)
+    return pipeline, tr.FeatureCache(cache_dir, namespace)
+
+
+def _preparer(pipeline: Any, key: str) -> Any:
+    """``prepare(path) -> (input, info)`` through ``Pipeline.prepare``, the daemon's decode."""
+
+    def prepare(path: Path) -> tuple[Any, Any]:
+        prepared = pipeline.prepare(path, [key])
+        if key in prepared.errors:
+            raise prepared.errors[key]
+        return prepared.inputs[key], prepared.info
+
+    return prepare
+
+
+def _print_reports(reports: dict[str, Any]) -> None:
+    table = Table(
+        "scorer", "clips", "AUC", "EER", "accuracy", "precision", "recall", "ECE", "not decided"
+    )
+    for name, rep in reports.items():
+        cells = []
+        for metric in ("auc", "eer", "accuracy", "precision", "recall", "ece", "abstention_rate"):
+            m = rep["metrics"][metric]
+            low, high = m["ci95"]
+            cells.append(
+                "-"
+                if m["value"] is None
+                else f"{m['value']:.3f}" + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
+            )
+        table.add_row(name, str(rep["n"]), *cells)
+    out.print(table)
+
+
+@app.command("eval")
+def eval_cmd(
+    data: Annotated[Path, typer.Option(help="labels CSV or a folder, as for train.")],
+    detectors: Annotated[
+        str | None, typer.Option(help="Comma-separated keys (default: the first inbox's).")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="train, val or test: the clips of --card's split.")
+    ] = None,
+    card: Annotated[
+        Path | None, typer.Option(help="Model card whose split file selects the clips.")
+    ] = None,
+    all_clips: Annotated[bool, typer.Option("--all", help="Evaluate every clip.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report.")] = None,
+    png: Annotated[
+        Path | None, typer.Option(help="Write ROC curves and score distributions (PNG).")
+    ] = None,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Feature cache for detectors that have one (--no-cache: none)."),
+    ] = Path("var/cache/features"),
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Prepare every clip anew.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Measure the configured detectors and the fused verdict on labelled videos, through the
+    daemon's pipeline: AUC, EER, accuracy, precision and recall at the operating point,
+    calibration error and abstention, each with a bootstrap 95% interval over groups."""
+    from detectors import training as tr
+    from detectors.errors import DetectorError
+    from processor.daemon import build_detectors, resolve_device
+
+    cfg = _config(config)
+    setup_logging("WARNING", "text")
+    if all_clips == (split is not None) or (split is not None) != (card is not None):
+        err.print("error: give either --all, or --split with --card")
+        raise typer.Exit(2)
+    keys = detectors.split(",") if detectors else list(cfg.inboxes[0].detectors)
+    try:
+        clips = tr.assign_groups(tr.load_clips(data))
+        if split is not None and card is not None:
+            chosen = tr.read_split_file(tr.split_file(card))
+            clips = [c for c in clips if chosen.get(c.sha256) == split]
+            if not clips:
+                raise tr.DatasetError(f"no clip of {data} is in the {split} split of {card}")
+        missing = [k for k in keys if k not in cfg.detectors]
+        if missing:
+            raise ConfigError(f"no configuration section for {missing}")
+        built = build_detectors(cfg, keys)
+        device = resolve_device(cfg.device)
+        for det in built.values():
+            det.setup(device)
+    except (tr.DatasetError, ConfigError, DetectorError) as exc:
+        err.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("evaluating", total=len(clips))
+        outcomes = _evaluate(
+            cfg, built, clips, None if no_cache else cache_dir, lambda: progress.advance(task)
+        )
+    report = _eval_report(cfg, built, clips, outcomes, resamples, seed)
+    report["data"] = str(data)
+    report["selection"] = "all" if all_clips else f"{split} split of {card}"
+    _print_reports(report["scorers"])
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1) + "\n")
+    if png is not None:
+        from detectors.evaluation import plot_report
+
+        plot_report(report, png)
+
+
+def _evaluate(
+    cfg: Config,
+    built: dict[str, Any],
+    clips: list[Any],
+    cache_dir: Path | None,
+    advance: Any,
+) -> list[dict[str, tuple[str, float | None]]]:
+    """Each clip's (label, probability) per detector, through ``Pipeline.prepare`` and
+    ``Pipeline.predict`` in batches as the worker runs them. With a single cacheable detector,
+    its cached prepared inputs stand in for ``prepare`` (they are its output for these bytes)."""
+    from detectors.base import DetectorResult
+    from detectors.color_cues import ColorCuesDetector
+    from detectors.errors import DetectorError
+    from detectors.training import Failed, FeatureCache, Features
+    from processor.daemon import decode_limits
+    from processor.pipeline import Pipeline, PreparedVideo
+
+    pipeline = Pipeline(built, decode_limits(cfg), cfg.decode.max_side)
+    keys = list(built)
+    cache: FeatureCache | None = None
+    if cache_dir is not None and len(keys) == 1 and isinstance(built[keys[0]], ColorCuesDetector):
+        cache = _feature_source(cfg, built[keys[0]], cache_dir)[1]
+    results: list[dict[str, tuple[str, float | None]]] = [{} for _ in clips]
+    pending: list[tuple[int, PreparedVideo]] = []
+
+    def flush() -> None:
+        predicted = pipeline.predict([p for _, p in pending])
+        for (i, _), outcome in zip(pending, predicted, strict=True):
+            for key, o in outcome.outcomes.items():
+                if isinstance(o, DetectorResult):
+                    results[i][key] = (o.label.value, o.fake_probability)
+                else:
+                    results[i][key] = ("ABSTAIN", None)
+        pending.clear()
+
+    for i, clip in enumerate(clips):
+        hit = cache.get(clip.sha256) if cache is not None else None
+        try:
+            if hit is not None and hit.info is not None and not isinstance(hit.prepared, Failed):
+                prepared = PreparedVideo(clip.path, hit.info, inputs={keys[0]: hit.prepared})
+            elif hit is not None:
+                raise DetectorError(getattr(hit.prepared, "message", "failed"))
+            else:
+                prepared = pipeline.prepare(clip.path, keys)
+                if cache is not None:
+                    fresh = prepared.inputs.get(keys[0])
+                    if fresh is not None:
+                        cache.put(clip.sha256, Features(fresh, prepared.info))
+        except DetectorError as exc:
+            if exc.retryable:
+                raise
+            results[i] = {k: ("ABSTAIN", None) for k in keys}
+        else:
+            pending.append((i, prepared))
+            if len(pending) >= cfg.batching.max_videos:
+                flush()
+        advance()
+    if pending:
+        flush()
+    return results
+
+
+def _eval_report(
+    cfg: Config,
+    built: dict[str, Any],
+    clips: list[Any],
+    outcomes: list[dict[str, tuple[str, float | None]]],
+    resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    from dataclasses import dataclass
+
+    from detectors.evaluation import binary_report
+    from detectors.training import LABEL_NAMES, per_dataset
+    from processor.verdict import overall_verdict
+
+    @dataclass(frozen=True)
+    class _Vote:
+        detector: str
+        label: str
+        fake_probability: float | None
+
+    labels = [c.label for c in clips]
+    groups = [c.group for c in clips]
+    scored: dict[str, list[tuple[str, float | None]]] = {
+        key: [o.get(key, ("ABSTAIN", None)) for o in outcomes] for key in built
+    }
+    fused = [overall_verdict([_Vote(k, *v) for k, v in o.items()], cfg.fusion) for o in outcomes]
+    scored[f"fused ({cfg.fusion.rule})"] = [(f["label"], f["fake_probability"]) for f in fused]
+    scorers = {
+        name: binary_report(
+            labels, [p for _, p in preds], [lab for lab, _ in preds], groups, resamples, seed
+        )
+        | {"per_dataset": per_dataset(clips, preds)}
+        for name, preds in scored.items()
+    }
+    return {
+        "schema": "drishtiksha.eval/1",
+        "bootstrap": {"resamples": resamples, "seed": seed, "unit": "group"},
+        "detectors": {
+            key: {
+                "version": det.version,
+                "weights": det.weights_id,
+                "operating_point": getattr(det, "operating", None) and det.operating.describe(),
+            }
+            for key, det in built.items()
+        },
+        "fusion": cfg.fusion.model_dump(mode="json"),
+        "scorers": scorers,
+        "clips": [
+            {
+                "file": c.file,
+                "sha256": c.sha256,
+                "label": LABEL_NAMES[c.label],
+                "dataset": c.dataset,
+                "group": c.group,
+                "results": {k: {"label": lab, "p": p} for k, (lab, p) in o.items()},
+                "fused": f,
+            }
+            for c, o, f in zip(clips, outcomes, fused, strict=True)
+        ],
+    }
 
 
 def main() -> None:

@@ -108,15 +108,102 @@ class QueueConfig(_Section):
     )
 
 
+Scope = Literal["read", "submit"]
+
+
+def _all_scopes() -> list[Scope]:
+    return ["read", "submit"]
+
+
+class ApiKeyConfig(_Section):
+    """One API key and what it may do."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Who holds the key (shown in logs)."
+    )
+    key: str = Field(min_length=16, description="The secret, sent in the X-API-Key header.")
+    scopes: list[Scope] = Field(
+        default_factory=_all_scopes,
+        min_length=1,
+        description="read: GET the jobs, videos and detectors; submit: upload and cancel.",
+    )
+
+
 class ApiConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    keys: list[ApiKeyConfig] = Field(
+        default_factory=list,
+        description="API keys. The API_KEY environment variable adds one with both scopes. "
+        "With no key at all the API is open, which is allowed on a loopback host only.",
+    )
+    allow_unauthenticated: bool = Field(
+        False, description="Serve without any API key on a non-loopback host (behind a proxy)."
+    )
+    health_requires_key: bool = Field(False, description="Require a key for / and /health.")
+    metrics_requires_key: bool = Field(False, description="Require a key for /metrics.")
+    upload_dir: Path = Field(
+        Path("var/uploads"), description="Where uploaded videos wait while their job is open."
+    )
+    max_upload_bytes: int | None = Field(
+        None, gt=0, description="Largest accepted upload; default: limits.max_file_bytes."
+    )
+    max_concurrent_uploads: int = Field(
+        4, ge=1, description="Uploads received at once; more are refused with 503."
+    )
+    upload_idle_timeout_s: float = Field(
+        30.0, gt=0, description="An upload that sends nothing for this long is dropped (408)."
+    )
+    request_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Longest a request waits for its job (/analyze, ?wait=); then 504 or the "
+        "job as it stands.",
+    )
+    default_model: str = Field(
+        "color-cues-lstm-v1",
+        description="Detector for /analyze* when ?model= is absent; must be one an inbox uses.",
+    )
+    analyze_priority: int = Field(
+        100, description="Queue priority of /analyze* jobs: a client is waiting on them."
+    )
 
 
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
+
+
+class FusionConfig(_Section):
+    """How the detectors' results combine into the overall verdict."""
+
+    rule: Literal["any_fake", "weighted_mean"] = Field(
+        "any_fake",
+        description="any_fake: FAKE if any detector says FAKE (the conservative moderation "
+        "rule). weighted_mean: the weighted mean of the detectors' (calibrated) fake "
+        "probabilities against `threshold` and `uncertain_band`.",
+    )
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="weighted_mean: weight per detector key (>= 0); unlisted detectors weigh 1.",
+    )
+    threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="weighted_mean: FAKE at or above this mean."
+    )
+    uncertain_band: tuple[float, float] | None = Field(
+        None, description="weighted_mean: a mean in [low, high] is UNCERTAIN."
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> FusionConfig:
+        negative = sorted(k for k, w in self.weights.items() if w < 0)
+        if negative:
+            raise ValueError(f"weights must be >= 0; negative for {negative}")
+        band = self.uncertain_band
+        if band is not None and not 0.0 <= band[0] <= band[1] <= 1.0:
+            raise ValueError("uncertain_band must be [low, high] with 0 <= low <= high <= 1")
+        return self
 
 
 class Config(_Section):
@@ -136,6 +223,7 @@ class Config(_Section):
     queue: QueueConfig = Field(default_factory=QueueConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -149,6 +237,9 @@ class Config(_Section):
                     f"inbox {inbox.name!r} uses detectors with no section under 'detectors': "
                     f"{missing}"
                 )
+        unknown = sorted(k for k in self.fusion.weights if k not in self.detectors)
+        if unknown:
+            raise ValueError(f"fusion.weights names detectors with no section: {unknown}")
         return self
 
     def resolved(self, base: Path) -> Config:
@@ -165,7 +256,10 @@ class Config(_Section):
         url = self.database.url
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             url = "sqlite:///" + str((base / url.removeprefix("sqlite:///")).resolve())
-        return self.model_copy(update={"inboxes": inboxes, "database": DatabaseConfig(url=url)})
+        api = self.api.model_copy(update={"upload_dir": (base / self.api.upload_dir).resolve()})
+        return self.model_copy(
+            update={"inboxes": inboxes, "database": DatabaseConfig(url=url), "api": api}
+        )
 
     def all_detector_keys(self) -> list[str]:
         """Every detector some inbox uses, in first-use order."""

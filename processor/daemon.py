@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 from detectors import registry
 from detectors.base import Detector
 from detectors.frames import DecodeLimits
+from processor import systemd
 from processor.api import init_app
 from processor.config import Config, ConfigError
 from processor.ingest import FolderWatcher
@@ -116,6 +117,7 @@ class Daemon:
         lifecycle = Lifecycle(queue, self.config.inboxes, self.config.queue)
         runner: web.AppRunner | None = None
         watchers: list[FolderWatcher] = []
+        stop_tasks: list[asyncio.Task[None]] = []
         try:
             if self.role in ("all", "worker"):
                 pipeline = await asyncio.to_thread(load_pipeline, self.config)
@@ -146,6 +148,13 @@ class Daemon:
                 await site.start()
                 log.info("API on http://%s:%d", self.config.api.host, self.config.api.port)
             log.info("drishtiksha ready (role %s)", self.role)
+            systemd.notify(f"READY=1\nSTATUS=running, role {self.role}")
+            period = systemd.watchdog_period()
+            if period is not None:
+                watchdog = asyncio.create_task(
+                    systemd.watchdog(period, worker.alive if worker else lambda: True)
+                )
+                stop_tasks.append(watchdog)
             if worker is not None:
                 worker_task = asyncio.create_task(worker.run(stop))
                 await stop.wait()
@@ -156,6 +165,9 @@ class Daemon:
             else:
                 await stop.wait()
         finally:
+            systemd.notify("STOPPING=1")
+            for task in stop_tasks:
+                task.cancel()
             for watcher in watchers:
                 await watcher.stop()
             if runner is not None:

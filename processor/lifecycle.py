@@ -134,6 +134,13 @@ class Lifecycle:
 
     def finalize(self, job: JobView) -> None:
         """Move a finished job's file to done/ or failed/ and write its sidecar. Idempotent."""
+        if job.source_kind == "upload" and job.work_path is not None:
+            # The API's own copy of an uploaded video: the verdict lives in the database and the
+            # client keeps the original, so the copy goes once the job is over.
+            Path(job.work_path).unlink(missing_ok=True)
+            self.queue.mark_finalized(job.id)
+            log.info("job %s %s: upload %s", job.id, job.state.value, job.source_ref)
+            return
         inbox = self.inboxes.get(job.inbox or "")
         if job.work_path is None or inbox is None:
             # Not an inbox file (or its inbox was removed from the config): nothing to move.

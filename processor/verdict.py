@@ -3,32 +3,67 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from processor.config import FusionConfig
 from storage.queue import JobView, StoredResult, VideoView
 
 SCHEMA = "drishtiksha.verdict/1"
 ERROR_SCHEMA = "drishtiksha.error/1"
 
 
-def overall_verdict(results: list[StoredResult]) -> dict[str, Any]:
-    """Combine detectors: FAKE if any detector says FAKE, REAL if every detector that did not
-    abstain says REAL. Abstaining detectors are left out; if all abstain, so does the verdict.
+class Vote(Protocol):
+    """What fusion reads of one detector's result (a stored result, or one in memory)."""
 
-    "Any FAKE" is the conservative rule for moderation: a single confident detector is enough
-    to send a clip to a human. Calibrated fusion replaces it once detectors have model cards.
+    @property
+    def detector(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def fake_probability(self) -> float | None: ...
+
+
+def overall_verdict(results: Sequence[Vote], fusion: FusionConfig | None = None) -> dict[str, Any]:
+    """Combine detectors by ``fusion.rule`` (default ``any_fake``). Abstaining detectors are left
+    out; if all abstain, so does the verdict. Each detector's own result is reported beside it.
+
+    ``any_fake``: FAKE if any detector says FAKE, else UNCERTAIN if any says UNCERTAIN, else
+    REAL; the probability is the highest. It is the conservative rule for moderation: a single
+    confident detector is enough to send a clip to a human.
+
+    ``weighted_mean``: the weighted mean of the voting detectors' fake probabilities (UNCERTAIN
+    ones included: their probability still carries evidence), judged against the fusion's
+    threshold and UNCERTAIN band. Meaningful when the detectors' probabilities are calibrated
+    (detectors loaded from the weights manifest are).
     """
+    fusion = fusion or FusionConfig()
     voting = [r for r in results if r.label != "ABSTAIN" and r.fake_probability is not None]
+    weights = [fusion.weights.get(r.detector, 1.0) for r in voting]
+    if fusion.rule == "weighted_mean":
+        voting = [r for r, w in zip(voting, weights, strict=True) if w > 0]
+        weights = [w for w in weights if w > 0]
     if not voting:
-        return {"label": "ABSTAIN", "fake_probability": None, "rule": "any_fake"}
-    labels = {r.label for r in voting}
-    label = "FAKE" if "FAKE" in labels else "UNCERTAIN" if "UNCERTAIN" in labels else "REAL"
-    return {
-        "label": label,
-        "fake_probability": max(r.fake_probability or 0.0 for r in voting),
-        "rule": "any_fake",
-    }
+        return {"label": "ABSTAIN", "fake_probability": None, "rule": fusion.rule}
+    if fusion.rule == "any_fake":
+        labels = {r.label for r in voting}
+        label = "FAKE" if "FAKE" in labels else "UNCERTAIN" if "UNCERTAIN" in labels else "REAL"
+        return {
+            "label": label,
+            "fake_probability": max(r.fake_probability or 0.0 for r in voting),
+            "rule": fusion.rule,
+        }
+    mean = sum(w * (r.fake_probability or 0.0) for r, w in zip(voting, weights, strict=True))
+    mean /= sum(weights)
+    band = fusion.uncertain_band
+    if band is not None and band[0] <= mean <= band[1]:
+        label = "UNCERTAIN"
+    else:
+        label = "FAKE" if mean >= fusion.threshold else "REAL"
+    return {"label": label, "fake_probability": mean, "rule": fusion.rule}
 
 
 def result_document(r: StoredResult) -> dict[str, Any]:
@@ -66,8 +101,10 @@ def _times(job: JobView) -> dict[str, dt.datetime | None]:
     return {"created": job.created_at, "started": job.started_at, "finished": job.finished_at}
 
 
-def verdict_document(job: JobView, video: VideoView | None, file: Path) -> dict[str, Any]:
-    """The .verdict.json for a done job."""
+def verdict_document(
+    job: JobView, video: VideoView | None, file: Path, fusion: FusionConfig | None = None
+) -> dict[str, Any]:
+    """The .verdict.json for a done job; ``fusion`` as configured (default: any_fake)."""
     dummy = sorted(r.detector for r in job.results if r.weights_id == "dummy")
     doc: dict[str, Any] = {
         "schema": SCHEMA,
@@ -76,7 +113,7 @@ def verdict_document(job: JobView, video: VideoView | None, file: Path) -> dict[
         "sha256": job.video_sha256,
         "job_id": job.id,
         "cached": job.cached,
-        "verdict": overall_verdict(job.results),
+        "verdict": overall_verdict(job.results, fusion),
         "detectors": [result_document(r) for r in job.results],
         "video": _video_document(video),
         "timestamps": _times(job),

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -88,11 +90,23 @@ class Worker:
         self._drained = asyncio.Event()
         self.held: dict[str, Claimed] = {}
         self.batches_run = 0
+        self.last_heartbeat: float | None = None  # time.monotonic() of the last recorded beat
+        self._loops: list[asyncio.Task[None]] = []
         self._ready: asyncio.Queue[_Ready] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._prepare_pool = ThreadPoolExecutor(batching.prepare_workers, "prepare")
         # One device thread: batches run one after another, so the device is never shared.
         self._device_pool = ThreadPoolExecutor(1, "device")
+
+    def alive(self) -> bool:
+        """The claim, batch and lease loops all run and the last heartbeat is within a lease."""
+        beat = self.last_heartbeat
+        return (
+            bool(self._loops)
+            and not any(task.done() for task in self._loops)
+            and beat is not None
+            and time.monotonic() - beat < self.qc.lease_s
+        )
 
     def _drop(self, job_id: str) -> None:
         """Forget a job this worker no longer holds."""
@@ -110,7 +124,8 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then drain for the grace period and release the rest."""
-        loops = [
+        await self._heartbeat()
+        loops = self._loops = [
             asyncio.create_task(self._claim_loop(stop), name="claim"),
             asyncio.create_task(self._batch_loop(), name="batch"),
             asyncio.create_task(self._lease_loop(), name="lease"),
@@ -132,6 +147,8 @@ class Worker:
                 with contextlib.suppress(StorageError):
                     await self._io(self.queue.release, self.worker_id, list(self.held))
                 self.held.clear()
+            with contextlib.suppress(StorageError):
+                await self._io(self.queue.worker_stopped, self.worker_id)
             self._prepare_pool.shutdown(wait=False, cancel_futures=True)
             self._device_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -156,9 +173,19 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self.qc.poll_s)
 
+    async def _heartbeat(self) -> None:
+        try:
+            await self._io(
+                self.queue.heartbeat, self.worker_id, socket.gethostname(), os.getpid(), "worker"
+            )
+            self.last_heartbeat = time.monotonic()
+        except StorageError as exc:
+            log.warning("heartbeat failed, will retry: %s", exc)
+
     async def _lease_loop(self) -> None:
         while True:
             await asyncio.sleep(self.qc.lease_s / 3)
+            await self._heartbeat()
             ids = list(self.held)
             if not ids:
                 continue

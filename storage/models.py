@@ -147,3 +147,17 @@ class JobResult(Base):
     elapsed_s: Mapped[float]
     cached_from_job: Mapped[str | None] = mapped_column(String(64), ForeignKey("jobs.id"))
     created_at: Mapped[dt.datetime]
+
+
+class WorkerRow(Base):
+    """A worker process that heartbeats while it runs; its leases are in ``jobs``."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    role: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[dt.datetime]
+    heartbeat_at: Mapped[dt.datetime]
+    stopped_at: Mapped[dt.datetime | None]

@@ -33,6 +33,8 @@ from sqlalchemy import (
     Executable,
     Select,
     and_,
+    cast,
+    exists,
     func,
     insert,
     or_,
@@ -45,7 +47,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload
 
 from storage.db import write_engine
 from storage.errors import StorageBusy, StorageUnavailable
-from storage.models import Job, JobResult, Video
+from storage.models import Job, JobResult, Video, WorkerRow
 
 # detectors.base.Label.ABSTAIN: the detector could not judge the video (no face, an error), which
 # is not a verdict to reuse; find_cached skips such results.
@@ -140,6 +142,21 @@ class JobView:
     finished_at: dt.datetime | None
     finalized_at: dt.datetime | None  # files moved and sidecar written
     results: list[StoredResult] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """A worker process as last heard of."""
+
+    id: str
+    host: str
+    pid: int
+    role: str
+    started_at: dt.datetime
+    heartbeat_at: dt.datetime
+    stopped_at: dt.datetime | None
+    alive: bool  # heartbeat recent enough and not stopped
+    held_jobs: list[str]
 
 
 @dataclass(frozen=True)
@@ -528,6 +545,62 @@ class JobQueue:
                 known.update(session.scalars(select(Job.id).where(Job.id.in_(chunk))))
         return known
 
+    def heartbeat(self, worker_id: str, host: str, pid: int, role: str) -> None:
+        """Record that this worker is alive (the first call registers it)."""
+        now = _now()
+
+        def beat(conn: Connection) -> None:
+            seen = conn.execute(
+                update(WorkerRow)
+                .where(WorkerRow.id == worker_id)
+                .values(heartbeat_at=now, stopped_at=None)
+            )
+            if seen.rowcount == 0:
+                _insert_if_absent(
+                    conn,
+                    WorkerRow.id,
+                    {
+                        "id": worker_id,
+                        "host": host,
+                        "pid": pid,
+                        "role": role,
+                        "started_at": now,
+                        "heartbeat_at": now,
+                    },
+                )
+
+        self._write(beat)
+
+    def worker_stopped(self, worker_id: str) -> None:
+        """A clean shutdown: the worker no longer counts as alive."""
+        self._execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(stopped_at=_now()))
+
+    def workers(self, alive_within_s: float) -> list[WorkerView]:
+        """Every known worker, newest heartbeat first, with the jobs it holds leases on."""
+        now = _now()
+        with self._read() as session:
+            rows = session.scalars(select(WorkerRow).order_by(WorkerRow.heartbeat_at.desc()))
+            held: dict[str, list[str]] = {}
+            for job_id, owner in session.execute(
+                select(Job.id, Job.lease_owner).where(_holds_any(now))
+            ):
+                held.setdefault(owner or "", []).append(job_id)
+            return [
+                WorkerView(
+                    id=w.id,
+                    host=w.host,
+                    pid=w.pid,
+                    role=w.role,
+                    started_at=w.started_at,
+                    heartbeat_at=w.heartbeat_at,
+                    stopped_at=w.stopped_at,
+                    alive=w.stopped_at is None
+                    and (now - w.heartbeat_at).total_seconds() <= alive_within_s,
+                    held_jobs=sorted(held.get(w.id, [])),
+                )
+                for w in rows
+            ]
+
     def _write(self, work: Callable[[Connection], _T]) -> _T:
         """Run ``work`` in one write transaction, rerunning it while the database is busy."""
         with _storage_errors():
@@ -562,18 +635,86 @@ class JobQueue:
         state: JobState | None = None,
         limit: int = 50,
         before: str | None = None,
+        label: str | None = None,
+        detector: str | None = None,
+        source_kind: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        finished_since: dt.datetime | None = None,
+        oldest_first: bool = False,
     ) -> list[JobView]:
-        """Newest first; ``before`` is a job id cursor (jobs created strictly before it, ties
-        broken by id) for stable pagination. An unknown cursor gives an empty page."""
-        stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+        """Newest first (oldest first with ``oldest_first``); ``before`` is a job id cursor:
+        the page continues with the jobs that follow it in that order (by creation time, ties
+        broken by id), so pages stay stable while jobs are added. An unknown cursor gives an
+        empty page.
+
+        Filters: ``label`` is the overall verdict of a done job (``overall_verdict``'s rule:
+        FAKE, UNCERTAIN, REAL or ABSTAIN); ``detector``, a key the job was submitted for;
+        ``since``/``until``, creation time (inclusive/exclusive); ``finished_since``, the
+        finish time (inclusive)."""
+        newest = not oldest_first
+        stmt = select(Job).limit(limit)
+        if newest:
+            stmt = stmt.order_by(Job.created_at.desc(), Job.id.desc())
+        else:
+            stmt = stmt.order_by(Job.created_at, Job.id)
         if state is not None:
             stmt = stmt.where(Job.state == state)
         if before is not None:
             cursor = select(Job.created_at).where(Job.id == before).scalar_subquery()
-            stmt = stmt.where(
-                or_(Job.created_at < cursor, and_(Job.created_at == cursor, Job.id < before))
-            )
+            if newest:
+                after_cursor = or_(
+                    Job.created_at < cursor, and_(Job.created_at == cursor, Job.id < before)
+                )
+            else:
+                after_cursor = or_(
+                    Job.created_at > cursor, and_(Job.created_at == cursor, Job.id > before)
+                )
+            stmt = stmt.where(after_cursor)
+        if label is not None:
+            stmt = stmt.where(Job.state == JobState.DONE, _verdict_is(label))
+        if detector is not None:
+            stmt = stmt.where(self._submitted_for(detector))
+        if source_kind is not None:
+            stmt = stmt.where(Job.source_kind == source_kind)
+        if since is not None:
+            stmt = stmt.where(Job.created_at >= since)
+        if until is not None:
+            stmt = stmt.where(Job.created_at < until)
+        if finished_since is not None:
+            stmt = stmt.where(Job.finished_at >= finished_since)
         return self._jobs(stmt)
+
+    def _submitted_for(self, detector: str) -> ColumnElement[bool]:
+        """The job's JSON list of detector keys holds ``detector``."""
+        if self.engine.dialect.name == "postgresql":
+            return cast(Job.detectors, postgresql.JSONB).contains([detector])
+        keys = func.json_each(Job.detectors).table_valued("value")
+        return exists(select(keys.c.value).where(keys.c.value == detector))
+
+
+def _verdict_is(label: str) -> ColumnElement[bool]:
+    """SQL for ``overall_verdict(job.results)["label"] == label`` (processor.verdict): FAKE if
+    any voting result says FAKE, else UNCERTAIN if any says so, else REAL; ABSTAIN when no
+    result votes (every one abstained or has no probability)."""
+    voting = and_(
+        JobResult.job_id == Job.id,
+        JobResult.label != _ABSTAIN,
+        JobResult.fake_probability.is_not(None),
+    )
+
+    def has(value: str) -> ColumnElement[bool]:
+        return exists(select(JobResult.id).where(voting, JobResult.label == value))
+
+    if label == "FAKE":
+        return has("FAKE")
+    if label == "UNCERTAIN":
+        return and_(has("UNCERTAIN"), ~has("FAKE"))
+    if label == "REAL":
+        return and_(has("REAL"), ~has("FAKE"), ~has("UNCERTAIN"))
+    if label == _ABSTAIN:
+        return ~exists(select(JobResult.id).where(voting))
+    raise ValueError(f"unknown verdict label {label!r}")
 
 
 class _JobExists(Exception):
@@ -589,6 +730,11 @@ def _holds(worker_id: str, now: dt.datetime) -> ColumnElement[bool]:
     return and_(
         Job.state == JobState.RUNNING, Job.lease_owner == worker_id, Job.lease_expires > now
     )
+
+
+def _holds_any(now: dt.datetime) -> ColumnElement[bool]:
+    """The job is running under some live lease."""
+    return and_(Job.state == JobState.RUNNING, Job.lease_expires > now)
 
 
 def _fail_held(

@@ -67,13 +67,14 @@ class Daemon:
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "processor", "run", "--config", str(self.config)],
                 cwd=self.root,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
             )
         wait_for(lambda: self.health() is not None, 120, self, "the daemon to become healthy")
 

@@ -76,3 +76,30 @@ def test_detectors_lists_color_cues(config: Path) -> None:
     result = runner.invoke(app, ["detectors", "-c", str(config)])
     assert result.exit_code == 0, result.output
     assert "color-cues-lstm-v1" in result.stdout
+
+
+def test_workers_lists_heartbeating_workers(config: Path) -> None:
+    from processor.config import load_config
+    from storage.db import make_engine
+    from storage.queue import JobQueue
+
+    assert runner.invoke(app, ["db", "upgrade", "-c", str(config)]).exit_code == 0
+    engine = make_engine(load_config(config).database.url)
+    JobQueue(engine).heartbeat("host-a:42:abc", "host-a", 42, "worker")
+    engine.dispose()
+    result = runner.invoke(app, ["workers", "-c", str(config)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "host-a:42:abc" in result.stdout
+    assert "yes" in result.stdout
+
+
+def test_bench_queue_drains_every_job_exactly_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    result = runner.invoke(
+        app,
+        ["bench", "queue", "--database-url", url, "--jobs", "30", "--workers", "2"],
+        terminal_width=200,
+    )
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if line.startswith("│ 2 "))
+    assert row.split("│")[2].strip() == "30"

@@ -603,3 +603,29 @@ def test_unreachable_database_raises_storage_errors() -> None:
             q.counts()
     finally:
         unreachable.dispose()
+
+
+def test_workers_heartbeat_and_show_what_they_hold(queue: JobQueue) -> None:
+    add(queue, "a")
+    add(queue, "b", video=2)
+    queue.heartbeat("w1", "host1", 11, "worker")
+    queue.heartbeat("w2", "host2", 22, "worker")
+    claim_one(queue, "w1")
+    first = {w.id: w for w in queue.workers(alive_within_s=60)}
+    assert first["w1"].held_jobs == ["a"]
+    assert first["w2"].held_jobs == []
+    assert first["w1"].alive
+    assert first["w1"].heartbeat_at.tzinfo is not None
+    queue.heartbeat("w1", "host1", 11, "worker")
+    again = {w.id: w for w in queue.workers(alive_within_s=60)}
+    assert again["w1"].heartbeat_at >= first["w1"].heartbeat_at
+    assert again["w1"].started_at == first["w1"].started_at
+    queue.worker_stopped("w2")
+    assert not {w.id: w for w in queue.workers(alive_within_s=60)}["w2"].alive
+
+
+def test_a_silent_worker_is_not_alive(queue: JobQueue) -> None:
+    queue.heartbeat("w1", "h", 1, "worker")
+    time.sleep(0.05)
+    [w] = queue.workers(alive_within_s=0.01)
+    assert not w.alive

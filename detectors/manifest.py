@@ -1,0 +1,221 @@
+"""The weights manifest (``weights/manifest.json``): every shipped or imported checkpoint with the
+operating point measured for it (threshold, UNCERTAIN band, probability calibration) and its
+model card.
+
+A detector configured with ``weights: manifest`` loads its key's default entry; one configured
+with a checkpoint path takes the operating point of the entry with that file's sha256, from the
+manifest beside the file. An explicitly configured ``threshold`` or ``uncertain_band`` overrides
+the manifest's. Paths in the manifest are relative to the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from detectors.base import Label
+from detectors.weights import WeightsError
+
+SCHEMA = "drishtiksha.weights-manifest/1"
+MANIFEST_NAME = "manifest.json"
+# The word in ``weights:`` that means "this detector's default manifest entry".
+FROM_MANIFEST = "manifest"
+
+
+class ManifestError(WeightsError):
+    """The weights manifest is missing, unreadable, or has no entry for this detector."""
+
+    code = "weights_manifest"
+
+
+class Calibration(BaseModel):
+    """Platt scaling of the network's probability: ``sigmoid(a * logit(p) + b)``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str = Field("platt", pattern="^platt$")
+    a: float = Field(ge=0.0)
+    b: float
+
+    def apply(self, p: float) -> float:
+        """The calibrated probability of ``p``."""
+        q = min(max(p, 1e-6), 1 - 1e-6)
+        z = self.a * math.log(q / (1 - q)) + self.b
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+Band = tuple[float, float]
+
+
+def _check_band(band: Band | None) -> Band | None:
+    if band is not None and not 0.0 <= band[0] <= band[1] <= 1.0:
+        raise ValueError(f"uncertain_band must satisfy 0 <= low <= high <= 1, got {list(band)}")
+    return band
+
+
+class ManifestEntry(BaseModel):
+    """One checkpoint and the operating point measured for it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    detector: str = Field(description="Detector key.")
+    file: str = Field(description="Checkpoint, relative to the manifest's folder.")
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    threshold: float = Field(ge=0.0, le=1.0, description="On the calibrated probability.")
+    uncertain_band: Band | None = Field(
+        None, description="Calibrated probabilities in [low, high] are answered UNCERTAIN."
+    )
+    calibration: Calibration | None = None
+    card: str | None = Field(None, description="Model card, relative to the manifest's folder.")
+    default: bool = Field(False, description="The entry that ``weights: manifest`` loads.")
+    registered: str = Field(description="ISO date of registration.")
+    detector_config: dict[str, Any] = Field(
+        default_factory=dict, description="Detector settings the operating point was measured with."
+    )
+
+    @model_validator(mode="after")
+    def _valid_band(self) -> ManifestEntry:
+        _check_band(self.uncertain_band)
+        return self
+
+
+class Manifest(BaseModel):
+    """The whole file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_: str = Field(SCHEMA, alias="schema", pattern=f"^{SCHEMA}$")
+    entries: list[ManifestEntry] = Field(default_factory=list)
+
+    def default_entry(self, detector: str) -> ManifestEntry:
+        """The default entry for ``detector``; ManifestError when there is none."""
+        for entry in self.entries:
+            if entry.detector == detector and entry.default:
+                return entry
+        raise ManifestError(f"the weights manifest has no default entry for {detector}")
+
+    def by_sha256(self, detector: str, sha256: str) -> ManifestEntry | None:
+        """The entry for ``detector`` whose checkpoint has this sha256, if any."""
+        return next(
+            (e for e in self.entries if e.detector == detector and e.sha256 == sha256), None
+        )
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Parse and validate a manifest file."""
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ManifestError(f"weights manifest not found: {path}") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"cannot read weights manifest {path}: {exc}") from exc
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ManifestError(f"invalid weights manifest {path}: {exc}") from exc
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    """Write atomically (a reader never sees half a file), entries sorted for stable diffs."""
+    entries = sorted(manifest.entries, key=lambda e: (e.detector, e.file))
+    doc = Manifest(schema=SCHEMA, entries=entries).model_dump(mode="json", by_alias=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+        # mkstemp makes the file private; the manifest is read by whoever runs the daemon.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def register(path: Path, entry: ManifestEntry) -> Manifest:
+    """Add ``entry`` to the manifest at ``path`` (created if missing), replacing any entry for the
+    same detector and file. A default entry takes the default from its detector's others."""
+    manifest = read_manifest(path) if path.exists() else Manifest(schema=SCHEMA)
+    kept = [e for e in manifest.entries if (e.detector, e.file) != (entry.detector, entry.file)]
+    if entry.default:
+        kept = [
+            e.model_copy(update={"default": False}) if e.detector == entry.detector else e
+            for e in kept
+        ]
+    updated = Manifest(schema=SCHEMA, entries=[*kept, entry])
+    write_manifest(path, updated)
+    return updated
+
+
+def source_tree_manifest() -> Path:
+    """``weights/manifest.json`` of the source checkout this package runs from."""
+    return Path(__file__).resolve().parents[1] / "weights" / MANIFEST_NAME
+
+
+def find_manifest(explicit: str | None) -> Path:
+    """The manifest ``weights: manifest`` reads: ``explicit`` when set, else
+    ``weights/manifest.json`` under the working directory, else the source checkout's."""
+    if explicit is not None:
+        return Path(explicit)
+    local = Path("weights") / MANIFEST_NAME
+    return local if local.exists() else source_tree_manifest()
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """How a detector turns its network's probability into a verdict."""
+
+    threshold: float
+    uncertain_band: Band | None = None
+    calibration: Calibration | None = None
+    source: str = "config"  # "config", or the manifest entry's file
+
+    def probability(self, raw: float) -> float:
+        """The reported (calibrated, when a calibration exists) fake probability."""
+        return raw if self.calibration is None else self.calibration.apply(raw)
+
+    def label(self, p: float) -> Label:
+        """UNCERTAIN inside the band, else FAKE at or above the threshold, else REAL."""
+        band = self.uncertain_band
+        if band is not None and band[0] <= p <= band[1]:
+            return Label.UNCERTAIN
+        return Label.FAKE if p >= self.threshold else Label.REAL
+
+    def describe(self) -> dict[str, Any]:
+        """For result details: where the operating point came from and what it is."""
+        return {
+            "threshold": self.threshold,
+            "uncertain_band": None if self.uncertain_band is None else list(self.uncertain_band),
+            "calibration": None if self.calibration is None else self.calibration.model_dump(),
+            "source": self.source,
+        }
+
+
+def operating_point(
+    entry: ManifestEntry | None,
+    threshold: float,
+    band: Band | None,
+    explicit: Mapping[str, bool],
+) -> OperatingPoint:
+    """Combine a manifest entry with the detector's settings: a setting counts only when it was
+    written in the configuration (``explicit[name]``), otherwise the entry's value wins; with no
+    entry the settings apply as they are (threshold 0.5, no band, no calibration by default)."""
+    if entry is None:
+        return OperatingPoint(threshold, _check_band(band))
+    return OperatingPoint(
+        threshold=threshold if explicit.get("threshold") else entry.threshold,
+        uncertain_band=_check_band(
+            band if explicit.get("uncertain_band") else entry.uncertain_band
+        ),
+        calibration=entry.calibration,
+        source=entry.file,
+    )

@@ -1,0 +1,144 @@
+"""What every API handler shares: the application state, the typed error, the job document and
+the wait for a job to finish."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from aiohttp import web
+from sqlalchemy import Engine
+
+from detectors.frames import DecodeLimits
+from processor.api_auth import Keyring
+from processor.api_metrics import ApiMetrics
+from processor.config import Config
+from processor.lifecycle import Lifecycle
+from processor.verdict import overall_verdict, result_document
+from processor.worker import Worker
+from storage.queue import JobQueue, JobState, JobView
+
+T = TypeVar("T")
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+
+# How often a request waiting on a job looks at its row: the worker may be another process, so
+# the database is the only place its progress shows.
+WAIT_POLL_S = 0.2
+
+
+class ApiError(Exception):
+    """A request the API refuses or cannot serve, rendered as the route's error document."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+        title: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra or {}
+        self.title = title  # the older service's short "error" text, for its routes
+
+
+@dataclass
+class ApiState:
+    """Everything the handlers need, built once by ``init_app``."""
+
+    config: Config
+    queue: JobQueue
+    engine: Engine
+    worker: Worker | None
+    lifecycle: Lifecycle
+    keyring: Keyring
+    metrics: ApiMetrics
+    detector_keys: list[str]  # what the worker loads: the only keys a job may ask for
+    max_upload_bytes: int
+    limits: DecodeLimits  # what probing an upload checks
+    device: str | None  # where this process's worker runs its detectors
+    version: str
+    uploads_active: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+STATE = web.AppKey("drishtiksha_api", ApiState)
+
+
+async def io(fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking database or file work off the event loop."""
+    return await asyncio.to_thread(fn, *args)
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    """An aware datetime as ISO 8601 in UTC with a ``Z``, as the older service wrote it."""
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def now_iso() -> str:
+    """The current time as ``iso`` writes it, to the second."""
+    return iso(dt.datetime.now(dt.UTC).replace(microsecond=0)) or ""
+
+
+def job_document(job: JobView) -> dict[str, Any]:
+    """A job as the API shows it."""
+    return {
+        "id": job.id,
+        "state": job.state.value,
+        "sha256": job.video_sha256,
+        "source": {"kind": job.source_kind, "ref": job.source_ref, "inbox": job.inbox},
+        "detectors": job.detectors,
+        "priority": job.priority,
+        "attempts": job.attempts,
+        "cached": job.cached,
+        "error": (
+            {"code": job.error_code, "message": job.error_message} if job.error_code else None
+        ),
+        "output_path": job.output_path,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "verdict": overall_verdict(job.results) if job.state is JobState.DONE else None,
+        "results": [result_document(r) for r in job.results],
+    }
+
+
+def job_id_param(request: web.Request) -> str:
+    """The ``{job_id}`` path parameter, validated."""
+    job_id = request.match_info["job_id"]
+    if not JOB_ID.match(job_id):
+        raise ApiError(400, "bad_job_id", "a job id is 32 lowercase hex characters")
+    return job_id
+
+
+async def wait_for_job(
+    request: web.Request, queue: JobQueue, job_id: str, timeout_s: float
+) -> JobView | None:
+    """Poll the job's row until it is final or ``timeout_s`` passes; its latest view either
+    way (None if it vanished). Stops early when the client has gone."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = await io(queue.get, job_id)
+        if job is None or job.state in FINAL_STATES:
+            return job
+        remaining = deadline - time.monotonic()
+        transport = request.transport
+        if remaining <= 0 or transport is None or transport.is_closing():
+            return job
+        await asyncio.sleep(min(WAIT_POLL_S, remaining))

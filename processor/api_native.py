@@ -1,0 +1,388 @@
+"""The native API: jobs and verdicts under ``/v1``, plus ``/health`` and ``/metrics``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from detectors import registry
+from processor.api_common import (
+    JOB_ID,
+    SHA256,
+    STATE,
+    ApiError,
+    ApiState,
+    io,
+    job_document,
+    job_id_param,
+    now_iso,
+    wait_for_job,
+)
+from processor.api_uploads import check_video, discard, enqueue, receive, upload_slot
+from processor.verdict import overall_verdict, result_document
+from storage.db import ping
+from storage.errors import StorageError
+from storage.queue import JobState, StoredResult
+
+_LABELS = ("REAL", "FAKE", "UNCERTAIN", "ABSTAIN")
+_SOURCE_KIND = re.compile(r"^[a-z0-9_]{1,16}$")
+_DETECTOR_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_PRIORITY_RANGE = (-1_000_000, 1_000_000)
+_MAX_LIMIT = 500
+
+
+def requested_detectors(state: ApiState, arg: str | None) -> list[str]:
+    """``?detectors=a,b`` checked against the detectors the worker loads; default: the first
+    inbox's list."""
+    if arg is None:
+        return list(state.config.inboxes[0].detectors)
+    keys = list(dict.fromkeys(k.strip() for k in arg.split(",") if k.strip()))
+    unknown = [k for k in keys if k not in state.detector_keys]
+    if not keys or unknown:
+        raise ApiError(
+            400,
+            "unknown_detector",
+            f"unknown or unloaded detectors {unknown or [arg]}; choose from "
+            f"{', '.join(state.detector_keys)}",
+        )
+    return keys
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_query", f"{name} must be an integer") from None
+    if not lo <= value <= hi:
+        raise ApiError(400, "bad_query", f"{name} must be between {lo} and {hi}")
+    return value
+
+
+def _seconds_param(request: web.Request, name: str, cap: float) -> float | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, "bad_query", f"{name} must be a number of seconds") from None
+    if not 0 <= value <= cap:
+        raise ApiError(400, "bad_query", f"{name} must be between 0 and {cap:g} seconds")
+    return value
+
+
+def _time_param(request: web.Request, name: str) -> dt.datetime | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise ApiError(400, "bad_query", f"{name} must be an ISO 8601 date and time") from None
+    # A time without an offset is taken as UTC, the time zone of every stored timestamp.
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+def _cached(state: ApiState, sha256: str, detectors: list[str]) -> list[StoredResult] | None:
+    """Stored results for these bytes from every detector at its loaded version and weights,
+    or None. Only a process with a worker knows which weights are loaded."""
+    if state.worker is None:
+        return None
+    hits: list[StoredResult] = []
+    for key in detectors:
+        det = state.worker.pipeline.detectors[key]
+        hit = state.queue.find_cached(sha256, key, det.version, det.weights_id)
+        if hit is None:
+            return None
+        hits.append(hit)
+    return hits
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    """POST /v1/jobs: upload a video and queue it (or answer from stored results)."""
+    state = request.app[STATE]
+    detectors = requested_detectors(state, request.query.get("detectors"))
+    priority = _int_param(request, "priority", 0, *_PRIORITY_RANGE)
+    wait_s = _seconds_param(request, "wait", state.config.api.request_timeout_s)
+    with upload_slot(state):
+        upload = await receive(request, state)
+    hits = await io(_cached, state, upload.sha256, detectors)
+    if hits is not None:
+        await discard(upload)
+        return web.json_response(
+            {
+                "cached": True,
+                "sha256": upload.sha256,
+                "detectors": detectors,
+                "verdict": overall_verdict(hits),
+                "results": [
+                    result_document(h) | {"cached_from_job": h.cached_from_job or h.job_id}
+                    for h in hits
+                ],
+            },
+            status=200,
+        )
+    await check_video(upload, state.limits)
+    await enqueue(state, upload, detectors, priority)
+    job = await io(state.queue.get, upload.job_id)
+    if wait_s:
+        job = await wait_for_job(request, state.queue, upload.job_id, wait_s)
+    if job is None:
+        raise ApiError(500, "job_vanished", f"job {upload.job_id} was queued but is gone")
+    return web.json_response(
+        job_document(job), status=201, headers={"Location": f"/v1/jobs/{job.id}"}
+    )
+
+
+async def get_job(request: web.Request) -> web.Response:
+    """GET /v1/jobs/{job_id}."""
+    state = request.app[STATE]
+    job_id = job_id_param(request)
+    job = await io(state.queue.get, job_id)
+    if job is None:
+        raise ApiError(404, "job_not_found", f"no job {job_id}")
+    return web.json_response(job_document(job))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """GET /v1/jobs: newest first, filtered, with a cursor (``?before=<job id>``)."""
+    state = request.app[STATE]
+    q = request.query
+    try:
+        job_state = JobState(q["state"]) if "state" in q else None
+    except ValueError:
+        choices = ", ".join(s.value for s in JobState)
+        raise ApiError(400, "bad_query", f"state must be one of {choices}") from None
+    label = q.get("label")
+    if label is not None and label not in _LABELS:
+        raise ApiError(400, "bad_query", f"label must be one of {', '.join(_LABELS)}")
+    detector = q.get("detector")
+    if detector is not None and not _DETECTOR_KEY.match(detector):
+        raise ApiError(400, "bad_query", "detector must be a detector key")
+    source_kind = q.get("source_kind")
+    if source_kind is not None and not _SOURCE_KIND.match(source_kind):
+        raise ApiError(400, "bad_query", "source_kind must be a word such as folder or upload")
+    before = q.get("before")
+    if before is not None and not JOB_ID.match(before):
+        raise ApiError(400, "bad_query", "before must be a job id")
+    limit = _int_param(request, "limit", 50, 1, _MAX_LIMIT)
+    since, until = _time_param(request, "since"), _time_param(request, "until")
+    jobs = await io(
+        lambda: state.queue.list(
+            state=job_state,
+            limit=limit,
+            before=before,
+            label=label,
+            detector=detector,
+            source_kind=source_kind,
+            since=since,
+            until=until,
+        )
+    )
+    return web.json_response(
+        {
+            "jobs": [job_document(j) for j in jobs],
+            "next": jobs[-1].id if len(jobs) == limit else None,
+        }
+    )
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """DELETE /v1/jobs/{job_id}: cancel a queued job."""
+    state = request.app[STATE]
+    job_id = job_id_param(request)
+    cancelled = await io(state.queue.cancel, job_id)
+    job = await io(state.queue.get, job_id)
+    if job is None:
+        raise ApiError(404, "job_not_found", f"no job {job_id}")
+    if not cancelled:
+        raise ApiError(
+            409,
+            "not_queued",
+            f"job {job_id} is {job.state.value}; only a queued job can be cancelled",
+        )
+    # Nobody else finalizes a job that never ran: move its inbox file to failed/ (or drop an
+    # upload's copy) now.
+    await io(state.lifecycle.finalize, job)
+    return web.json_response(job_document(job))
+
+
+async def job_frames(request: web.Request) -> web.Response:
+    """GET /v1/jobs/{job_id}/frames: per-frame fake probabilities of each detector."""
+    state = request.app[STATE]
+    job_id = job_id_param(request)
+    job = await io(state.queue.get, job_id)
+    if job is None:
+        raise ApiError(404, "job_not_found", f"no job {job_id}")
+    return web.json_response(
+        {
+            "job_id": job.id,
+            "state": job.state.value,
+            "detectors": [
+                {
+                    "detector": r.detector,
+                    "version": r.version,
+                    "weights": r.weights_id,
+                    "label": r.label,
+                    "fake_probability": r.fake_probability,
+                    "threshold": r.threshold,
+                    "frames": [{"t": s["t"], "p": s["p"]} for s in r.frame_scores],
+                }
+                for r in job.results
+            ],
+        }
+    )
+
+
+async def get_video(request: web.Request) -> web.Response:
+    """GET /v1/videos/{sha256}: have we seen these exact bytes, and what did we say?"""
+    state = request.app[STATE]
+    sha = request.match_info["sha256"].lower()
+    if not SHA256.match(sha):
+        raise ApiError(400, "bad_sha256", "a sha256 is 64 hex characters")
+    video = await io(state.queue.get_video, sha)
+    if video is None:
+        raise ApiError(404, "video_not_found", "these bytes have never been seen")
+    jobs = await io(state.queue.jobs_for_video, sha)
+    return web.json_response(
+        {
+            "sha256": sha,
+            "size_bytes": video.size_bytes,
+            "container": video.container,
+            "codec": video.codec,
+            "width": video.width,
+            "height": video.height,
+            "fps": video.fps,
+            "duration_s": video.duration_s,
+            "first_seen": video.first_seen.isoformat(),
+            "jobs": [job_document(j) for j in jobs],
+        }
+    )
+
+
+def detector_report(state: ApiState) -> list[dict[str, Any]]:
+    """Every detector this build knows: version, whether it is configured and loaded here, and
+    why not."""
+    found, failed = registry.available(), registry.unavailable()
+    loaded = state.worker.pipeline.detectors if state.worker is not None else {}
+    rows: list[dict[str, Any]] = []
+    for key in sorted({*found, *failed, *state.config.detectors}):
+        section = state.config.detectors.get(key)
+        det = loaded.get(key)
+        reason: str | None = None
+        if key in failed:
+            reason = failed[key]
+        elif key not in found:
+            reason = "configured, but no detector is registered under this key"
+        elif section is None:
+            reason = "not configured (no section under detectors)"
+        elif key not in state.detector_keys:
+            reason = "configured, but no inbox uses it, so no worker loads it"
+        elif state.worker is None:
+            reason = "this process runs no worker (role api); workers load it"
+        cls = found.get(key)
+        rows.append(
+            {
+                "key": key,
+                "version": cls.version if cls is not None else None,
+                "configured": section is not None,
+                "loaded": det is not None,
+                "weights": det.weights_id if det is not None else None,
+                "dummy_weights": (
+                    str(section.get("weights", "dummy")) == "dummy" if section is not None else None
+                ),
+                "device": state.device if det is not None else None,
+                "num_frames": det.num_frames if det is not None else None,
+                "reason": reason,
+            }
+        )
+    return rows
+
+
+async def list_detectors(request: web.Request) -> web.Response:
+    """GET /v1/detectors."""
+    state = request.app[STATE]
+    return web.json_response(
+        {
+            "device": state.device,
+            "default": list(state.config.inboxes[0].detectors),
+            "detectors": detector_report(state),
+        }
+    )
+
+
+def worker_alive(state: ApiState) -> bool:
+    """Whether this process's worker runs its loops and heartbeats."""
+    return state.worker is not None and state.worker.alive()
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /health: ready (200) when the database answers and, in a process with a worker,
+    the worker's loops run with every detector loaded; 503 otherwise."""
+    state = request.app[STATE]
+    body: dict[str, Any] = {
+        "service": "drishtiksha",
+        "version": state.version,
+        "timestamp": now_iso(),
+        "uptime_s": round(time.monotonic() - state.started, 1),
+    }
+    ready = True
+    try:
+        await io(ping, state.engine)
+        body["database"] = "ok"
+        body["jobs"] = await io(state.queue.counts)
+    except StorageError as exc:
+        ready = False
+        body["database"] = f"unreachable: {type(exc).__name__}"
+    worker = state.worker
+    if worker is not None:
+        alive = worker_alive(state)
+        ready = ready and alive
+        body["worker"] = {
+            "id": worker.worker_id,
+            "alive": alive,
+            "held_jobs": len(worker.held),
+            "batches_run": worker.batches_run,
+        }
+    else:
+        body["worker"] = None
+    if "jobs" in body:
+        # Every worker sharing the database, so one host's /health shows the whole fleet.
+        body["workers"] = [
+            {"id": w.id, "alive": w.alive, "held_jobs": w.held_jobs}
+            for w in await io(state.queue.workers, state.config.queue.lease_s)
+        ]
+    report = {row["key"]: row for row in detector_report(state) if row["configured"]}
+    if worker is not None:
+        ready = ready and all(report[k]["loaded"] for k in state.detector_keys if k in report)
+    body["detectors"] = {
+        key: {
+            "loaded": row["loaded"],
+            "version": row["version"],
+            "weights": row["weights"],
+            "reason": row["reason"],
+        }
+        for key, row in report.items()
+    }
+    # The older service's clients read these two.
+    body["available_models"] = state.detector_keys
+    body["default_model"] = state.config.api.default_model
+    body["status"] = "healthy" if ready else "unhealthy"
+    body["ready"] = ready
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text exposition."""
+    state = request.app[STATE]
+    return web.Response(
+        body=await state.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )

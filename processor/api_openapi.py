@@ -1,0 +1,604 @@
+"""The OpenAPI 3.1 description of every endpoint, written by hand to match the handlers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON = "application/json"
+_REF = "#/components/schemas/"
+
+_SECURED: list[dict[str, list[str]]] = [{"ApiKey": []}]
+# Open unless the operator sets health_requires_key / metrics_requires_key.
+_OPTIONAL_KEY: list[dict[str, list[str]]] = [{}, {"ApiKey": []}]
+
+_ERROR_TEXT = {
+    400: "Bad request: a parameter or the body is invalid.",
+    401: "No API key, or an unknown one.",
+    403: "The key lacks the scope this endpoint needs.",
+    404: "Not found.",
+    408: "The upload stalled (sent nothing for upload_idle_timeout_s).",
+    409: "Conflict with the job's state.",
+    413: "The upload is larger than max_upload_bytes.",
+    415: "The body is not a video container (checked by probing the bytes).",
+    422: "A video that cannot be judged (corrupt, over a limit), or an unknown model.",
+    501: "Not implemented.",
+    503: "Busy (too many uploads) or the database is unavailable; see Retry-After.",
+    504: "The analysis did not finish within request_timeout_s; it goes on as a job.",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _obj(properties: dict[str, Any], *, required: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+    }
+
+
+_STR = {"type": "string"}
+_NUM = {"type": "number"}
+_INT = {"type": "integer"}
+_BOOL = {"type": "boolean"}
+_TIME = {"type": "string", "format": "date-time"}
+_STRS = {"type": "array", "items": _STR}
+_REQUEST_ID_HEADER = {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}}
+
+
+def _response(description: str, schema: dict[str, Any], media: str = JSON) -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": _REQUEST_ID_HEADER,
+        "content": {media: {"schema": schema}},
+    }
+
+
+def _errors(*statuses: int, seed: bool = False) -> dict[str, Any]:
+    schema = _ref("SeedError" if seed else "Error")
+    return {str(s): _response(_ERROR_TEXT[s], schema) for s in statuses}
+
+
+def _path_param(name: str, pattern: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", "pattern": pattern},
+    }
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+_JOB_ID = _path_param("job_id", "^[0-9a-f]{32}$", "Job id: 32 lowercase hex characters.")
+_VIDEO_BODY = {
+    "required": True,
+    "description": "The video: a multipart form with a file field `video` (as the older "
+    "service took it), or the bytes themselves as video/* or application/octet-stream. "
+    "Checked by probing the content, never by the name or the declared type.",
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"video": {"type": "string", "format": "binary"}},
+                "required": ["video"],
+            },
+            "encoding": {"video": {"contentType": "video/*, application/octet-stream"}},
+        },
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "video/mp4": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+_MODEL = _query(
+    "model",
+    {"type": "string"},
+    "Detector key; default: the api.default_model setting.",
+)
+
+
+def _schemas() -> dict[str, Any]:
+    label = {"type": "string", "enum": ["REAL", "FAKE", "UNCERTAIN", "ABSTAIN"]}
+    frame_score = _obj({"t": _NUM, "p": _NUM})
+    result = _obj(
+        {
+            "detector": _STR,
+            "version": _STR,
+            "weights": {**_STR, "description": "sha256 of the weights file, or dummy."},
+            "label": label,
+            "fake_probability": _nullable(_NUM),
+            "threshold": _NUM,
+            "elapsed_s": _NUM,
+            "cached_from_job": _nullable(_STR),
+            "details": {"type": "object"},
+            "frame_scores": {"type": "array", "items": frame_score},
+        }
+    )
+    verdict = _obj(
+        {
+            "label": label,
+            "fake_probability": _nullable(_NUM),
+            "rule": {**_STR, "description": "any_fake: FAKE if any detector says FAKE."},
+        }
+    )
+    job = _obj(
+        {
+            "id": _STR,
+            "state": {
+                "type": "string",
+                "enum": ["queued", "running", "done", "failed", "cancelled"],
+            },
+            "sha256": _STR,
+            "source": _obj({"kind": _STR, "ref": _STR, "inbox": _nullable(_STR)}),
+            "detectors": _STRS,
+            "priority": _INT,
+            "attempts": _INT,
+            "cached": _BOOL,
+            "error": _nullable(_obj({"code": _STR, "message": _nullable(_STR)})),
+            "output_path": _nullable(_STR),
+            "created_at": _TIME,
+            "started_at": _nullable(_TIME),
+            "finished_at": _nullable(_TIME),
+            "verdict": _nullable(_ref("Verdict")),
+            "results": {"type": "array", "items": _ref("Result")},
+        }
+    )
+    seed_quick = {
+        "prediction": {"type": "string", "enum": ["REAL", "FAKE"]},
+        "confidence": {**_NUM, "description": "Confidence in the prediction."},
+        "processing_time": {**_NUM, "description": "Seconds the daemon spent on the job."},
+        "model": _STR,
+        "timestamp": _STR,
+    }
+    detector_info = _obj(
+        {
+            "key": _STR,
+            "version": _nullable(_STR),
+            "configured": _BOOL,
+            "loaded": _BOOL,
+            "weights": _nullable(_STR),
+            "dummy_weights": _nullable(_BOOL),
+            "device": _nullable(_STR),
+            "num_frames": _nullable(_INT),
+            "reason": {**_nullable(_STR), "description": "Why it is not loaded here."},
+        }
+    )
+    return {
+        "Error": _obj(
+            {
+                "error": _obj(
+                    {"code": _STR, "message": _STR, "request_id": _STR},
+                )
+            }
+        ),
+        "SeedError": _obj(
+            {
+                "error": _STR,
+                "message": _STR,
+                "code": _STR,
+                "suggestions": _STRS,
+                "timestamp": _STR,
+                "request_id": _STR,
+                "available_models": _STRS,
+                "job_id": _STR,
+            },
+            required=["error", "message", "code", "suggestions", "timestamp", "request_id"],
+        ),
+        "Result": result,
+        "Verdict": verdict,
+        "Job": job,
+        "JobList": _obj(
+            {
+                "jobs": {"type": "array", "items": _ref("Job")},
+                "next": {
+                    **_nullable(_STR),
+                    "description": "Cursor for the next page (pass as before), or null.",
+                },
+            }
+        ),
+        "CachedVerdict": _obj(
+            {
+                "cached": {"const": True},
+                "sha256": _STR,
+                "detectors": _STRS,
+                "verdict": _ref("Verdict"),
+                "results": {"type": "array", "items": _ref("Result")},
+            }
+        ),
+        "Frames": _obj(
+            {
+                "job_id": _STR,
+                "state": _STR,
+                "detectors": {
+                    "type": "array",
+                    "items": _obj(
+                        {
+                            "detector": _STR,
+                            "version": _STR,
+                            "weights": _STR,
+                            "label": label,
+                            "fake_probability": _nullable(_NUM),
+                            "threshold": _NUM,
+                            "frames": {"type": "array", "items": frame_score},
+                        }
+                    ),
+                },
+            }
+        ),
+        "Video": _obj(
+            {
+                "sha256": _STR,
+                "size_bytes": _INT,
+                "container": _nullable(_STR),
+                "codec": _nullable(_STR),
+                "width": _nullable(_INT),
+                "height": _nullable(_INT),
+                "fps": _nullable(_NUM),
+                "duration_s": _nullable(_NUM),
+                "first_seen": _TIME,
+                "jobs": {"type": "array", "items": _ref("Job")},
+            }
+        ),
+        "DetectorInfo": detector_info,
+        "Detectors": _obj(
+            {
+                "device": _nullable(_STR),
+                "default": _STRS,
+                "detectors": {"type": "array", "items": _ref("DetectorInfo")},
+            }
+        ),
+        "Health": _obj(
+            {
+                "status": {"type": "string", "enum": ["healthy", "unhealthy"]},
+                "ready": _BOOL,
+                "service": _STR,
+                "version": _STR,
+                "timestamp": _STR,
+                "uptime_s": _NUM,
+                "database": _STR,
+                "jobs": {"type": "object", "additionalProperties": _INT},
+                "worker": _nullable(
+                    _obj({"id": _STR, "alive": _BOOL, "held_jobs": _INT, "batches_run": _INT})
+                ),
+                "detectors": {
+                    "type": "object",
+                    "additionalProperties": _obj(
+                        {
+                            "loaded": _BOOL,
+                            "version": _nullable(_STR),
+                            "weights": _nullable(_STR),
+                            "reason": _nullable(_STR),
+                        }
+                    ),
+                },
+                "available_models": _STRS,
+                "default_model": _STR,
+            },
+            required=["status", "ready", "database", "worker", "detectors", "available_models"],
+        ),
+        "ServiceInfo": _obj(
+            {
+                "service": _STR,
+                "message": _STR,
+                "status": _STR,
+                "version": _STR,
+                "available_models": _STRS,
+                "default_model": _STR,
+                "docs": _STR,
+                "openapi": _STR,
+                "timestamp": _STR,
+            }
+        ),
+        "SeedQuick": _obj(seed_quick),
+        "SeedDetailed": _obj(
+            {
+                **seed_quick,
+                "analysis_details": _obj(
+                    {
+                        "frame_count": _INT,
+                        "avg_confidence": _NUM,
+                        "confidence_std": _NUM,
+                        "temporal_consistency": _NUM,
+                        "rolling_average": _NUM,
+                    }
+                ),
+                "model_info": _obj({"version": _STR, "architecture": _STR, "device": _STR}),
+                "system_info": _obj({"gpu_memory_used": _STR, "processing_device": _STR}),
+            }
+        ),
+        "SeedFrames": _obj(
+            {
+                **seed_quick,
+                "frame_predictions": {
+                    "type": "array",
+                    "items": _obj(
+                        {
+                            "frame": _INT,
+                            "confidence": _NUM,
+                            "prediction": {"type": "string", "enum": ["REAL", "FAKE"]},
+                        }
+                    ),
+                },
+                "temporal_analysis": _obj(
+                    {
+                        "consistency_score": _NUM,
+                        "pattern_detection": _STR,
+                        "anomaly_frames": {"type": "array", "items": _INT},
+                        "confidence_trend": _STR,
+                    }
+                ),
+                "summary": _obj(
+                    {
+                        "total_frames": _INT,
+                        "fake_frames": _INT,
+                        "real_frames": _INT,
+                        "avg_confidence": _NUM,
+                    }
+                ),
+            }
+        ),
+    }
+
+
+def _seed_analysis(summary: str, schema: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "tags": ["older service"],
+            "summary": summary,
+            "description": "Queued at api.analyze_priority; answers when the job is done.",
+            "security": _SECURED,
+            "parameters": [_MODEL],
+            "requestBody": _VIDEO_BODY,
+            "responses": {
+                "200": _response("The analysis.", _ref(schema)),
+                **_errors(400, 401, 403, 408, 409, 413, 415, 422, 503, 504, seed=True),
+            },
+        }
+    }
+
+
+def _paths() -> dict[str, Any]:
+    list_params = [
+        _query(
+            "state",
+            {"type": "string", "enum": ["queued", "running", "done", "failed", "cancelled"]},
+            "Only jobs in this state.",
+        ),
+        _query(
+            "label",
+            {"type": "string", "enum": ["REAL", "FAKE", "UNCERTAIN", "ABSTAIN"]},
+            "Only done jobs whose overall verdict has this label.",
+        ),
+        _query("detector", {"type": "string"}, "Only jobs submitted for this detector."),
+        _query(
+            "source_kind", {"type": "string"}, "Only jobs from this source (folder, upload...)."
+        ),
+        _query("since", _TIME, "Only jobs created at or after this time."),
+        _query("until", _TIME, "Only jobs created before this time."),
+        _query(
+            "limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "Page size."
+        ),
+        _query(
+            "before",
+            {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "Cursor: the next field of the previous page.",
+        ),
+    ]
+    return {
+        "/": {
+            "get": {
+                "tags": ["older service"],
+                "summary": "Service information and available models",
+                "security": _OPTIONAL_KEY,
+                "responses": {
+                    "200": _response("Service information.", _ref("ServiceInfo")),
+                    **_errors(401, 403),
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "tags": ["operations"],
+                "summary": "Liveness and readiness",
+                "description": "200 when ready: the database answers and, where this process "
+                "runs a worker, its loops are alive and every detector is loaded.",
+                "security": _OPTIONAL_KEY,
+                "responses": {
+                    "200": _response("Ready.", _ref("Health")),
+                    "503": _response("Not ready.", _ref("Health")),
+                    **_errors(401, 403),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "tags": ["operations"],
+                "summary": "Prometheus metrics",
+                "security": _OPTIONAL_KEY,
+                "responses": {
+                    "200": _response("Text exposition format.", _STR, "text/plain"),
+                    **_errors(401, 403),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "tags": ["operations"],
+                "summary": "This document",
+                "security": [{}],
+                "responses": {"200": _response("OpenAPI 3.1.", {"type": "object"})},
+            }
+        },
+        "/docs": {
+            "get": {
+                "tags": ["operations"],
+                "summary": "Interactive documentation (Swagger UI)",
+                "security": [{}],
+                "responses": {"200": _response("HTML page.", _STR, "text/html")},
+            }
+        },
+        "/analyze": _seed_analysis("Quick analysis", "SeedQuick"),
+        "/analyze/detailed": _seed_analysis("Detailed analysis", "SeedDetailed"),
+        "/analyze/frames": _seed_analysis("Frame-by-frame analysis", "SeedFrames"),
+        "/analyze/visualize": {
+            "post": {
+                "tags": ["older service"],
+                "summary": "Annotated video (not implemented)",
+                "security": _SECURED,
+                "parameters": [_MODEL],
+                "requestBody": {**_VIDEO_BODY, "required": False},
+                "responses": _errors(401, 403, 422, 501, 503, seed=True),
+            }
+        },
+        "/v1/jobs": {
+            "post": {
+                "tags": ["jobs"],
+                "summary": "Upload a video and queue a job",
+                "security": _SECURED,
+                "parameters": [
+                    _query(
+                        "detectors",
+                        {"type": "string"},
+                        "Comma-separated detector keys; default: the first inbox's.",
+                    ),
+                    _query(
+                        "priority",
+                        {"type": "integer", "minimum": -1_000_000, "maximum": 1_000_000},
+                        "Higher runs first (default 0).",
+                    ),
+                    _query(
+                        "wait",
+                        {"type": "number", "minimum": 0},
+                        "Answer when the job is done or after this many seconds, whichever "
+                        "comes first (at most request_timeout_s).",
+                    ),
+                    _query("filename", {"type": "string"}, "The video's name for a raw body."),
+                ],
+                "requestBody": _VIDEO_BODY,
+                "responses": {
+                    "200": _response(
+                        "These bytes were already judged by the same detectors, versions and "
+                        "weights: the stored verdict, and no new job.",
+                        _ref("CachedVerdict"),
+                    ),
+                    "201": {
+                        **_response(
+                            "The job (done already with ?wait= if it finished).", _ref("Job")
+                        ),
+                        "headers": {**_REQUEST_ID_HEADER, "Location": {"schema": _STR}},
+                    },
+                    **_errors(400, 401, 403, 408, 413, 415, 422, 503),
+                },
+            },
+            "get": {
+                "tags": ["jobs"],
+                "summary": "List jobs, newest first",
+                "security": _SECURED,
+                "parameters": list_params,
+                "responses": {
+                    "200": _response("A page of jobs.", _ref("JobList")),
+                    **_errors(400, 401, 403, 503),
+                },
+            },
+        },
+        "/v1/jobs/{job_id}": {
+            "parameters": [_JOB_ID],
+            "get": {
+                "tags": ["jobs"],
+                "summary": "One job with its results",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response("The job.", _ref("Job")),
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            },
+            "delete": {
+                "tags": ["jobs"],
+                "summary": "Cancel a queued job",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response("The cancelled job.", _ref("Job")),
+                    **_errors(400, 401, 403, 404, 409, 503),
+                },
+            },
+        },
+        "/v1/jobs/{job_id}/frames": {
+            "parameters": [_JOB_ID],
+            "get": {
+                "tags": ["jobs"],
+                "summary": "Per-frame fake probabilities of each detector",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response("Frame scores (t: seconds, p: probability).", _ref("Frames")),
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            },
+        },
+        "/v1/videos/{sha256}": {
+            "parameters": [
+                _path_param("sha256", "^[0-9a-fA-F]{64}$", "sha256 of the video's bytes.")
+            ],
+            "get": {
+                "tags": ["videos"],
+                "summary": "Have we seen these exact bytes, and what did we say?",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response("The video and every job for it.", _ref("Video")),
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            },
+        },
+        "/v1/detectors": {
+            "get": {
+                "tags": ["detectors"],
+                "summary": "Known detectors, their versions and weights, loaded or why not",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response("The detectors.", _ref("Detectors")),
+                    **_errors(401, 403),
+                },
+            }
+        },
+    }
+
+
+def document(version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Drishtiksha",
+            "version": version,
+            "description": "Deepfake-detection daemon: upload videos or drop them in an inbox, "
+            "read the verdicts. Errors have one shape, {error: {code, message, request_id}}, "
+            "except on the older service's /analyze endpoints, which keep theirs.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+            "headers": {
+                "RequestId": {
+                    "description": "The request's id (the client's X-Request-ID if it sent "
+                    "a valid one); also in every error body.",
+                    "required": True,
+                    "schema": _STR,
+                }
+            },
+        },
+    }
