@@ -28,7 +28,8 @@ from tests.media import make_video
 pytestmark = pytest.mark.e2e
 
 API_KEY = "e2e-secret-key-0123456789abcdef"
-SEED_README = Path(__file__).resolve().parents[3] / "shared" / "brief" / "seed-README.md"
+# The "Python Client Example" of the older service's README, copied verbatim.
+SEED_SNIPPET = Path(__file__).parent / "seed_readme_client.txt"
 NODE_CLIENT = Path(__file__).parent / "node"
 # A SigLIP tower small enough for a CPU test; the older service's clients ask for this key.
 TINY_SIGLIP = {
@@ -152,10 +153,7 @@ def node_modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def seed_python_snippet() -> str:
     """The "Python Client Example" of the older service's README, as published."""
-    text = SEED_README.read_text()
-    section = text[text.index("### Python Client Example") :]
-    start = section.index("```python\n") + len("```python\n")
-    return section[start : section.index("```", start)]
+    return SEED_SNIPPET.read_text()
 
 
 def test_the_seed_readme_python_snippet(daemon: LiveDaemon, tmp_path: Path) -> None:
