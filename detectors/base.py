@@ -113,6 +113,12 @@ class Detector(ABC, Generic[ConfigT]):
     def weights_id(self) -> str:
         """sha256 of the loaded weights file, or ``dummy``. Valid after ``setup``."""
 
+    @property
+    def threshold(self) -> float:
+        """The fake probability at or above which this detector says FAKE (after ``setup``,
+        weights may bring their own calibrated threshold)."""
+        return self.config.threshold
+
     @abstractmethod
     def setup(self, device: str) -> None:
         """Load weights onto ``device`` ('cpu', 'cuda', 'cuda:1')."""

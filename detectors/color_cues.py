@@ -225,6 +225,17 @@ class ColorCuesDetector(Detector[ColorCuesConfig]):
         """Threshold, UNCERTAIN band and calibration in use (final after ``setup``)."""
         return self._operating
 
+    def check_checkpoint(self, path: str | Path) -> str:
+        """Check a checkpoint's keys and shapes against the configured network on the CPU;
+        returns its sha256."""
+        cfg = self.config
+        return load_checked(ColorCuesNet(self.input_size, cfg.hidden_size, cfg.dropout), path)
+
+    @property
+    def threshold(self) -> float:
+        """The operating point's threshold: from the manifest when the weights bring one."""
+        return self._operating.threshold
+
     def setup(self, device: str) -> None:
         """Build the network, load its weights (or seeded dummies) and their operating point from
         the weights manifest, move it to ``device``."""

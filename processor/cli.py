@@ -22,10 +22,12 @@ jobs_app = typer.Typer(no_args_is_help=True, help="Inspect jobs.")
 db_app = typer.Typer(no_args_is_help=True, help="Database maintenance.")
 config_app = typer.Typer(no_args_is_help=True, help="Configuration.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results: docs/benchmarks.md).")
+weights_app = typer.Typer(no_args_is_help=True, help="Checkpoints and the weights manifest.")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
+app.add_typer(weights_app, name="weights")
 
 ConfigOpt = Annotated[
     Path | None,
@@ -233,6 +235,55 @@ def workers_cmd(config: ConfigOpt = None) -> None:
             ", ".join(w.held_jobs) or "-",
         )
     out.print(table)
+
+
+@weights_app.command("import")
+def weights_import(
+    path: Annotated[Path, typer.Argument(help="Checkpoint in the older service's format.")],
+    detector: Annotated[str, typer.Option(help="Detector key it is for.")],
+    threshold: Annotated[
+        float, typer.Option(help="Fake-probability threshold to record for it.")
+    ] = 0.5,
+    manifest: Annotated[
+        Path, typer.Option(help="Weights manifest; the checkpoint is copied beside it.")
+    ] = Path("weights/manifest.json"),
+    config: ConfigOpt = None,
+) -> None:
+    """Check a checkpoint key by key and shape by shape against the configured network, copy it
+    next to the manifest and register it there (sha256, threshold) as the detector's default."""
+    import datetime as dt
+    import shutil
+
+    from detectors import registry
+    from detectors.errors import DetectorError
+    from detectors.manifest import ManifestEntry, register
+
+    cfg = _config(config)
+    section = {k: v for k, v in cfg.detectors.get(detector, {}).items() if k != "weights"}
+    try:
+        digest = registry.check_checkpoint(detector, section, path)
+    except DetectorError as exc:
+        err.print(f"refused: {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    dest = manifest.parent / f"{detector}-{digest[:12]}{path.suffix or '.pt'}"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    if not dest.exists():
+        shutil.copyfile(path, dest)
+    register(
+        manifest,
+        ManifestEntry(
+            detector=detector,
+            file=dest.name,
+            sha256=digest,
+            threshold=threshold,
+            default=True,
+            registered=dt.date.today().isoformat(),
+            detector_config=section,
+        ),
+    )
+    out.print(f"{path}: keys and shapes match {detector}; sha256 {digest}")
+    out.print(f"copied to {dest} and registered in {manifest} as the default for {detector}")
+    out.print(f"use it with detectors.{detector}.weights: {dest.resolve()}")
 
 
 @db_app.command("upgrade")

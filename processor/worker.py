@@ -61,7 +61,7 @@ def _new_result(key: str, pipeline: Pipeline, outcome: Outcome, elapsed: float) 
         weights_id=det.weights_id,
         label="ABSTAIN",
         fake_probability=None,
-        threshold=det.config.threshold,
+        threshold=det.threshold,
         frame_scores=[],
         details={"reason": outcome.code, "message": outcome.message},
         elapsed_s=elapsed,

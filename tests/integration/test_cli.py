@@ -103,3 +103,67 @@ def test_bench_queue_drains_every_job_exactly_once(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     row = next(line for line in result.stdout.splitlines() if line.startswith("│ 2 "))
     assert row.split("│")[2].strip() == "30"
+
+
+def _tiny_siglip() -> dict[str, object]:
+    return {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+        "lstm_hidden": 16,
+        "num_frames": 4,
+    }
+
+
+def test_weights_import_checks_registers_and_the_detector_loads_it(tmp_path: Path) -> None:
+    import torch
+
+    from detectors import registry
+    from detectors.manifest import read_manifest
+
+    section = _tiny_siglip()
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "database": {"url": f"sqlite:///{tmp_path / 'd.db'}"},
+                "detectors": {"color-cues-lstm-v1": {}, "siglip-lstm-v1": section},
+            }
+        )
+    )
+    # A network with real tensors, as a seed checkpoint would hold: the dummy-weights one.
+    dummy = registry.build("siglip-lstm-v1", {**section, "weights": "dummy", "seed": 3})
+    dummy.setup("cpu")
+    net = dummy._net  # type: ignore[attr-defined]
+    assert net is not None
+    ckpt = tmp_path / "seed.pth"
+    torch.save({"model_state_dict": net.state_dict()}, ckpt)
+    manifest = tmp_path / "weights" / "manifest.json"
+    args = ["weights", "import", str(ckpt), "--detector", "siglip-lstm-v1"]
+    result = runner.invoke(app, [*args, "--manifest", str(manifest), "-c", str(cfg_path)])
+    assert result.exit_code == 0, result.output
+    [entry] = read_manifest(manifest).entries
+    copied = manifest.parent / entry.file
+    assert copied.read_bytes() == ckpt.read_bytes()
+    det = registry.build("siglip-lstm-v1", {**section, "weights": str(copied)})
+    det.setup("cpu")
+    assert det.weights_id == entry.sha256
+
+    broken = net.state_dict()
+    del broken["video_classifier.bias"]
+    broken["lstm.extra"] = torch.zeros(1)
+    bad = tmp_path / "bad.pth"
+    torch.save(broken, bad)
+    refused = runner.invoke(
+        app,
+        ["weights", "import", str(bad), "--detector", "siglip-lstm-v1"]
+        + ["--manifest", str(manifest), "-c", str(cfg_path)],
+        terminal_width=300,
+    )
+    assert refused.exit_code == 1
+    assert "video_classifier.bias" in refused.output
+    assert "lstm.extra" in refused.output
+    assert len(read_manifest(manifest).entries) == 1
