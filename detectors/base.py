@@ -11,6 +11,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
@@ -118,6 +119,12 @@ class Detector(ABC, Generic[ConfigT]):
         """The fake probability at or above which this detector says FAKE (after ``setup``,
         weights may bring their own calibrated threshold)."""
         return self.config.threshold
+
+    @abstractmethod
+    def check_checkpoint(self, path: str | Path) -> str:
+        """Check a checkpoint against the configured network on the CPU, without ``setup``:
+        raise ``WeightsError`` naming every missing, unexpected or wrongly shaped key; return
+        the file's sha256."""
 
     @abstractmethod
     def setup(self, device: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from detectors.base import Detector
 from detectors.errors import DetectorError
@@ -27,21 +27,6 @@ class UnknownDetector(DetectorError, KeyError):
     def __str__(self) -> str:
         # KeyError would quote the message like a key.
         return self.message
-
-
-class NoCheckpointCheck(DetectorError):
-    """This detector cannot check a checkpoint without loading it."""
-
-    code = "no_checkpoint_check"
-
-
-@runtime_checkable
-class ChecksCheckpoints(Protocol):
-    """A detector that can check a checkpoint against its configured network offline."""
-
-    def check_checkpoint(self, path: Path) -> str:
-        """Raise ``WeightsError`` naming every bad key; return the file's sha256."""
-        ...
 
 
 def _load() -> tuple[dict[str, type[Detector[Any]]], dict[str, str]]:
@@ -100,9 +85,6 @@ def check_checkpoint(key: str, raw_config: Mapping[str, Any], path: Path) -> str
     ``key``, on the CPU, without setting the detector up; returns the file's sha256.
 
     Raises ``WeightsError`` (from ``detectors.weights``) naming every bad key,
-    ``NoCheckpointCheck`` when the detector cannot check offline, and what ``build`` raises.
+    and what ``build`` raises.
     """
-    detector = build(key, raw_config)
-    if not isinstance(detector, ChecksCheckpoints):
-        raise NoCheckpointCheck(f"detector {key!r} cannot check a checkpoint without loading it")
-    return detector.check_checkpoint(path)
+    return build(key, raw_config).check_checkpoint(path)

@@ -13,6 +13,7 @@ import torch
 from detectors.base import Detector, DetectorConfig, DetectorResult, Label, SampledFrames
 from detectors.errors import DetectorError
 from detectors.frames import DecodeLimits
+from detectors.weights import WeightsError
 from processor.pipeline import Pipeline, PreparedVideo
 from tests.media import make_video
 
@@ -36,6 +37,9 @@ class Echo(Detector[DetectorConfig]):
     @property
     def weights_id(self) -> str:
         return "dummy"
+
+    def check_checkpoint(self, path: str | Path) -> str:
+        raise WeightsError("echo has no weights")
 
     def setup(self, device: str) -> None:
         pass

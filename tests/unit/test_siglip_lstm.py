@@ -496,9 +496,12 @@ def test_registry_checks_a_head_checkpoint_against_the_heads(tmp_path: Path) -> 
         registry.check_checkpoint(KEY_V3, config, whole)
 
 
-def test_registry_check_needs_a_detector_that_can_check() -> None:
-    with pytest.raises(registry.NoCheckpointCheck):
-        registry.check_checkpoint(COLOR_CUES, {}, Path("unused.pth"))
+def test_registry_checks_color_cues_checkpoints_too(tmp_path: Path) -> None:
+    path = tmp_path / "cc.pth"
+    torch.save({"lstm.weight_ih_l0": torch.zeros(3, 3)}, path)
+    with pytest.raises(WeightsError, match=r"fc1\.weight") as err:
+        registry.check_checkpoint(COLOR_CUES, {}, path)
+    assert "lstm.weight_ih_l0" in str(err.value)
 
 
 # --- the pipeline ------------------------------------------------------------------------------
@@ -527,3 +530,37 @@ def test_pipeline_runs_siglip_beside_color_cues(tmp_path: Path) -> None:
     colour_result = _result(predicted.outcomes[COLOR_CUES])
     assert len(colour_result.frame_scores) > 8
     assert set(predicted.elapsed_s) == {KEY_V1, COLOR_CUES}
+
+
+def test_v1_and_v3_share_one_backbone_pass(tmp_path: Path) -> None:
+    v1 = SiglipLSTMv1(SiglipLSTMConfig(**TINY, num_frames=8, seed=5))
+    v3 = SiglipLSTMv3(SiglipLSTMv3Config(**TINY, num_frames=8, seed=5))
+    alone = SiglipLSTMv3(SiglipLSTMv3Config(**TINY, num_frames=8, seed=5))
+    for det in (v1, v3):
+        det.setup("cpu")
+    backbone = v1._net.siglip_backbone  # type: ignore[union-attr]
+    assert backbone is v3._net.siglip_backbone  # type: ignore[union-attr]
+    frames_seen: list[int] = []
+    backbone.register_forward_hook(
+        lambda _m, args, kwargs, _out: frames_seen.append(
+            len(kwargs["pixel_values"] if "pixel_values" in kwargs else args[0])
+        ),
+        with_kwargs=True,
+    )
+    pipeline = Pipeline(
+        {KEY_V1: v1, KEY_V3: v3}, DecodeLimits(100_000_000, 600, 3840 * 2160, 50_000), 320
+    )
+    videos = [
+        make_video(tmp_path / f"v{i}.mp4", seconds=1.0 + i, fps=10, face=False) for i in range(2)
+    ]
+    prepared = [pipeline.prepare(v, [KEY_V1, KEY_V3]) for v in videos]
+    predicted = pipeline.predict(prepared)
+    # One backbone pass over both videos' frames, not one per detector.
+    assert frames_seen == [sum(len(p.inputs[KEY_V1].pixels) for p in prepared)]
+    # Sharing changes nothing: v3 alone (its own memo-less backbone) gives the same scores.
+    alone.setup("cpu")
+    siglip_lstm._EMBEDDINGS.clear()
+    [solo] = Pipeline({KEY_V3: alone}, pipeline.limits, 320).predict([prepared[0]])
+    assert _result(solo.outcomes[KEY_V3]).fake_probability == pytest.approx(
+        _result(predicted[0].outcomes[KEY_V3]).fake_probability, abs=1e-6
+    )
