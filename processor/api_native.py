@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from detectors import registry
+from detectors.errors import MediaError, TransientError
 from processor.api_common import (
     JOB_ID,
     SHA256,
@@ -24,7 +26,9 @@ from processor.api_common import (
     wait_for_job,
 )
 from processor.api_uploads import check_video, discard, enqueue, receive, upload_slot
-from processor.verdict import overall_verdict, result_document
+from processor.files import sha256_file
+from processor.verdict import overall_verdict, result_document, video_document
+from processor.visualize import render_video, shared_face_finder
 from storage.db import ping
 from storage.errors import StorageError
 from storage.queue import JobState, StoredResult
@@ -34,6 +38,9 @@ _SOURCE_KIND = re.compile(r"^[a-z0-9_]{1,16}$")
 _DETECTOR_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _PRIORITY_RANGE = (-1_000_000, 1_000_000)
 _MAX_LIMIT = 500
+# Rendered visualisations live in <upload_dir's parent>/artefacts/<job id>/ (var/artefacts by
+# default): beside the server's own upload area, never in an inbox or done/ folder users own.
+ARTEFACTS_DIR = "artefacts"
 
 
 def requested_detectors(state: ApiState, arg: str | None) -> list[str]:
@@ -242,6 +249,107 @@ async def job_frames(request: web.Request) -> web.Response:
     )
 
 
+def artefact_path(state: ApiState, job_id: str, detector: str) -> Path:
+    """Where the annotated video of one job's detector result is kept once rendered."""
+    folder = state.config.api.upload_dir.parent / ARTEFACTS_DIR / job_id
+    return folder / f"{detector}.annotated.mp4"
+
+
+async def render_result(
+    state: ApiState, job_id: str, result: StoredResult, source: Path, sha256: str | None = None
+) -> Path:
+    """The annotated video of ``result`` over ``source``, rendered in a thread unless already
+    kept; with ``sha256``, a source whose bytes changed since the job is refused (404)."""
+    dst = artefact_path(state, job_id, result.detector)
+
+    def work() -> None:
+        if dst.is_file():
+            return
+        if sha256 is not None and sha256_file(source) != sha256:
+            raise ApiError(
+                404,
+                "video_changed",
+                "the job's video was replaced since it was judged; its scores would not fit",
+            )
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        render_video(
+            source,
+            dst,
+            result.frame_scores,
+            label=result.label,
+            fake_probability=result.fake_probability,
+            threshold=result.threshold,
+            detector=result.detector,
+            weights_id=result.weights_id,
+            face_finder=shared_face_finder(),
+            limits=state.limits,
+            max_side=state.config.decode.max_side,
+        )
+
+    try:
+        await io(work)
+    except MediaError as exc:
+        raise ApiError(422, exc.code, f"the video cannot be rendered: {exc.message}") from exc
+    except TransientError as exc:
+        raise ApiError(503, exc.code, exc.message, headers={"Retry-After": "5"}) from exc
+    return dst
+
+
+def video_response(path: Path, filename: str) -> web.FileResponse:
+    """An MP4 file as the response body, streamed from disk."""
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "video/mp4",
+            "Content-Disposition": f'attachment; filename="{filename}"',
+        },
+    )
+
+
+async def job_visualization(request: web.Request) -> web.StreamResponse:
+    """GET /v1/jobs/{job_id}/visualization: the annotated video of one detector's result,
+    rendered from the job's file while the server still has it (a folder job's file in done/),
+    then kept."""
+    state = request.app[STATE]
+    job_id = job_id_param(request)
+    detector = request.query.get("detector")
+    if detector is not None and not _DETECTOR_KEY.match(detector):
+        raise ApiError(400, "bad_query", "detector must be a detector key")
+    job = await io(state.queue.get, job_id)
+    if job is None:
+        raise ApiError(404, "job_not_found", f"no job {job_id}")
+    if job.state is not JobState.DONE:
+        raise ApiError(
+            409, "job_not_done", f"job {job_id} is {job.state.value}; only a done job is drawn"
+        )
+    key = detector or job.detectors[0]
+    result = next((r for r in job.results if r.detector == key), None)
+    if result is None:
+        raise ApiError(404, "result_not_found", f"job {job_id} has no result from {key}")
+    filename = f"{job_id}.{key}.annotated.mp4"
+    kept = artefact_path(state, job_id, key)
+    if await io(kept.is_file):
+        return video_response(kept, filename)
+
+    # A done folder job's file is in done/ (output_path), or still in the work area until it
+    # is finalized; an upload's server copy is deleted once the job is over.
+    def existing() -> Path | None:
+        return next(
+            (Path(p) for p in (job.output_path, job.work_path) if p and Path(p).is_file()), None
+        )
+
+    source = await io(existing)
+    if source is None:
+        raise ApiError(
+            404,
+            "video_gone",
+            f"job {job_id}'s video is no longer on the server (uploads are deleted once "
+            "judged; folder videos may have been moved); use POST /analyze/visualize",
+        )
+    path = await render_result(state, job_id, result, source, sha256=job.video_sha256)
+    return video_response(path, filename)
+
+
 async def get_video(request: web.Request) -> web.Response:
     """GET /v1/videos/{sha256}: have we seen these exact bytes, and what did we say?"""
     state = request.app[STATE]
@@ -254,14 +362,7 @@ async def get_video(request: web.Request) -> web.Response:
     jobs = await io(state.queue.jobs_for_video, sha)
     return web.json_response(
         {
-            "sha256": sha,
-            "size_bytes": video.size_bytes,
-            "container": video.container,
-            "codec": video.codec,
-            "width": video.width,
-            "height": video.height,
-            "fps": video.fps,
-            "duration_s": video.duration_s,
+            **(video_document(video) or {}),
             "first_seen": video.first_seen.isoformat(),
             "jobs": [job_document(j) for j in jobs],
         }

@@ -21,7 +21,6 @@ _ERROR_TEXT = {
     413: "The upload is larger than max_upload_bytes.",
     415: "The body is not a video container (checked by probing the bytes).",
     422: "A video that cannot be judged (corrupt, over a limit), or an unknown model.",
-    501: "Not implemented.",
     503: "Busy (too many uploads) or the database is unavailable; see Retry-After.",
     504: "The analysis did not finish within request_timeout_s; it goes on as a job.",
 }
@@ -103,6 +102,14 @@ _VIDEO_BODY = {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         "video/mp4": {"schema": {"type": "string", "format": "binary"}},
     },
+}
+_ANNOTATED_VIDEO = {
+    "description": "The annotated video (H.264 MP4), as an attachment.",
+    "headers": {
+        **_REQUEST_ID_HEADER,
+        "Content-Disposition": {"schema": _STR},
+    },
+    "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}},
 }
 _MODEL = _query(
     "model",
@@ -457,11 +464,18 @@ def _paths() -> dict[str, Any]:
         "/analyze/visualize": {
             "post": {
                 "tags": ["older service"],
-                "summary": "Annotated video (not implemented)",
+                "summary": "Annotated video",
+                "description": "Queued at api.analyze_priority; when the job is done, the video "
+                "comes back as an H.264 MP4 (downscaled to decode.max_side) with the model's "
+                "face box, per-frame score bar and verdict drawn on every frame. Also kept for "
+                "GET /v1/jobs/{job_id}/visualization.",
                 "security": _SECURED,
                 "parameters": [_MODEL],
-                "requestBody": {**_VIDEO_BODY, "required": False},
-                "responses": _errors(401, 403, 422, 501, 503, seed=True),
+                "requestBody": _VIDEO_BODY,
+                "responses": {
+                    "200": _ANNOTATED_VIDEO,
+                    **_errors(400, 401, 403, 408, 409, 413, 415, 422, 503, 504, seed=True),
+                },
             }
         },
         "/v1/jobs": {
@@ -545,6 +559,28 @@ def _paths() -> dict[str, Any]:
                 "responses": {
                     "200": _response("Frame scores (t: seconds, p: probability).", _ref("Frames")),
                     **_errors(400, 401, 403, 404, 503),
+                },
+            },
+        },
+        "/v1/jobs/{job_id}/visualization": {
+            "parameters": [_JOB_ID],
+            "get": {
+                "tags": ["jobs"],
+                "summary": "Annotated video of one detector's result",
+                "description": "Rendered from the job's video while the server still has it "
+                "(a folder job's file in done/), then kept; an upload's copy is deleted once "
+                "judged, so an upload job has one only if POST /analyze/visualize made it.",
+                "security": _SECURED,
+                "parameters": [
+                    _query(
+                        "detector",
+                        {"type": "string"},
+                        "Detector key; default: the job's first detector.",
+                    )
+                ],
+                "responses": {
+                    "200": _ANNOTATED_VIDEO,
+                    **_errors(400, 401, 403, 404, 409, 422, 503),
                 },
             },
         },

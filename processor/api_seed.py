@@ -8,6 +8,11 @@ confidence in the stated prediction: the fake probability for FAKE, one minus it
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +21,8 @@ from aiohttp import web
 from detectors.base import FrameScore
 from detectors.temporal import TemporalAnalysis, analyse
 from processor.api_common import STATE, ApiError, ApiState, io, iso, now_iso, wait_for_job
-from processor.api_uploads import check_video, enqueue, receive, upload_slot
+from processor.api_native import render_result, video_response
+from processor.api_uploads import VIDEO_SUFFIX, Upload, check_video, enqueue, receive, upload_slot
 from storage.queue import JobState, JobView, StoredResult
 
 # The older service's rolling window (its ``rolling_window_size``), in frames.
@@ -69,13 +75,18 @@ async def service_info(request: web.Request) -> web.Response:
     )
 
 
-async def _judged(request: web.Request) -> tuple[ApiState, str, JobView, StoredResult]:
-    """Receive the upload, queue it for the model and wait for the model's result."""
+async def _judged(
+    request: web.Request, before_enqueue: Callable[[Upload], Awaitable[None]] | None = None
+) -> tuple[ApiState, str, JobView, StoredResult]:
+    """Receive the upload, queue it for the model and wait for the model's result;
+    ``before_enqueue`` sees the vetted upload while its file is sure to exist."""
     state = request.app[STATE]
     model = model_param(state, request)
     with upload_slot(state):
         upload = await receive(request, state)
     await check_video(upload, state.limits)
+    if before_enqueue is not None:
+        await before_enqueue(upload)
     await enqueue(state, upload, [model], state.config.api.analyze_priority)
     timeout_s = state.config.api.request_timeout_s
     job = await wait_for_job(request, state.queue, upload.job_id, timeout_s)
@@ -219,17 +230,33 @@ async def analyze_frames(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-async def analyze_visualize(request: web.Request) -> web.Response:
-    """POST /analyze/visualize: the annotated video is not produced yet."""
-    state = request.app[STATE]
-    model_param(state, request)
-    raise ApiError(
-        501,
-        "not_implemented",
-        "The annotated video (/analyze/visualize) is not produced by this version; use "
-        "/analyze/frames for per-frame scores, or GET /v1/jobs/{id}/frames.",
-        title="Not Implemented",
-    )
+def _hold(path: Path) -> Path:
+    """A second name for an upload, so it outlives the job's finalization (which deletes the
+    upload's file). Named as a received file of no job, so a crash leaves nothing the upload
+    area's sweep does not remove."""
+    held = path.with_name(uuid.uuid4().hex + VIDEO_SUFFIX)
+    try:
+        os.link(path, held)
+    except OSError:
+        shutil.copyfile(path, held)  # a file system without hard links
+    return held
+
+
+async def analyze_visualize(request: web.Request) -> web.StreamResponse:
+    """POST /analyze/visualize: the video annotated with the model's face box, per-frame score
+    and verdict, as an MP4 body (kept, so GET /v1/jobs/{id}/visualization serves it again)."""
+    held: list[Path] = []
+
+    async def hold(upload: Upload) -> None:
+        held.append(await io(_hold, upload.path))
+
+    try:
+        state, model, job, result = await _judged(request, hold)
+        path = await render_result(state, job.id, result, held[0])
+    finally:
+        for copy in held:
+            await io(copy.unlink, True)
+    return video_response(path, f"{job.id}.{model}.annotated.mp4")
 
 
 def _system_info(state: ApiState) -> dict[str, str]:

@@ -77,6 +77,14 @@ def analyze(
         str | None, typer.Option(help="Comma-separated keys (default: the first inbox's).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    visualize: Annotated[
+        Path | None,
+        typer.Option(
+            "--visualize",
+            metavar="DIR",
+            help="Also write <name>.<detector>.annotated.mp4 and .timeline.png into DIR.",
+        ),
+    ] = None,
 ) -> None:
     """Judge files now, in this process, through the daemon's pipeline (no database, files are
     left where they are)."""
@@ -102,7 +110,7 @@ def analyze(
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task("analysing", total=len(paths))
         for path in paths:
-            rows.append(_analyze_one(pipeline, path, keys))
+            rows.append(_analyze_one(pipeline, path, keys, visualize))
             progress.advance(task)
     if as_json:
         for row in rows:
@@ -126,7 +134,9 @@ def analyze(
     out.print(table)
 
 
-def _analyze_one(pipeline: Any, path: Path, keys: list[str]) -> dict[str, Any]:
+def _analyze_one(
+    pipeline: Any, path: Path, keys: list[str], visualize: Path | None = None
+) -> dict[str, Any]:
     from detectors.base import DetectorResult
     from detectors.errors import DetectorError
 
@@ -139,6 +149,9 @@ def _analyze_one(pipeline: Any, path: Path, keys: list[str]) -> dict[str, Any]:
     for key, outcome in predicted.outcomes.items():
         det = pipeline.detectors[key]
         base = {"detector": key, "version": det.version, "weights": det.weights_id}
+        if visualize is not None:
+            # After predict: drawing is no part of the verdict and never slows the inference.
+            base["visualization"] = _visualize_one(pipeline, path, key, outcome, visualize)
         if isinstance(outcome, DetectorResult):
             results.append(
                 base
@@ -158,6 +171,42 @@ def _analyze_one(pipeline: Any, path: Path, keys: list[str]) -> dict[str, Any]:
                 }
             )
     return {"file": str(path), "detectors": results}
+
+
+def _visualize_one(pipeline: Any, path: Path, key: str, outcome: Any, folder: Path) -> Any:
+    """Render one detector's annotated video and timeline; their paths, or the error."""
+    from detectors.base import DetectorResult
+    from detectors.errors import DetectorError
+    from detectors.temporal import analyse
+    from processor.visualize import render_timeline, render_video, shared_face_finder
+
+    det = pipeline.detectors[key]
+    if isinstance(outcome, DetectorResult):
+        label, prob, threshold = outcome.label.value, outcome.fake_probability, outcome.threshold
+        scores = outcome.frame_scores
+    else:
+        label, prob, threshold, scores = "ABSTAIN", None, det.config.threshold, []
+    folder.mkdir(parents=True, exist_ok=True)
+    video = folder / f"{path.stem}.{key}.annotated.mp4"
+    timeline = folder / f"{path.stem}.{key}.timeline.png"
+    try:
+        render_video(
+            path,
+            video,
+            scores,
+            label=label,
+            fake_probability=prob,
+            threshold=threshold,
+            detector=key,
+            weights_id=det.weights_id,
+            face_finder=shared_face_finder(),
+            limits=pipeline.limits,
+            max_side=pipeline.max_side,
+        )
+    except DetectorError as exc:
+        return {"error": {"code": exc.code, "message": exc.message}}
+    render_timeline(timeline, scores, threshold, analyse(scores, threshold)["segments"])
+    return {"video": str(video), "timeline": str(timeline)}
 
 
 def _queue(cfg: Config) -> Any:

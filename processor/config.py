@@ -170,6 +170,30 @@ class ApiConfig(_Section):
     )
 
 
+WebhookEvent = Literal["done", "failed", "cancelled"]
+
+
+class WebhookTarget(_Section):
+    url: str = Field(pattern=r"^https?://", description="Receives a POST per job event.")
+    secret: str | None = Field(
+        None,
+        min_length=16,
+        description="Signs each body: X-Drishtiksha-Signature: sha256=HMAC(secret, "
+        "'<X-Drishtiksha-Timestamp>.<body>').",
+    )
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list[WebhookEvent](["done", "failed"]), min_length=1
+    )
+
+
+class WebhooksConfig(_Section):
+    targets: list[WebhookTarget] = Field(default_factory=list)
+    max_attempts: int = Field(8, ge=1, description="Attempts before a delivery is given up.")
+    retry_base_s: float = Field(2.0, gt=0, description="First retry delay; doubles each time.")
+    timeout_s: float = Field(10.0, gt=0, description="Per-attempt HTTP timeout.")
+    poll_s: float = Field(1.0, gt=0, description="How often the dispatcher looks for work.")
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -206,6 +230,53 @@ class FusionConfig(_Section):
         return self
 
 
+class SqsSourceConfig(_Section):
+    """An SQS queue that receives S3 event notifications (directly or wrapped in SNS).
+
+    Credentials come the AWS way (environment, profile, instance role), never from this file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Unique source name (logs).")
+    queue_url: str = Field(min_length=1, description="URL of the SQS queue.")
+    region: str | None = Field(None, description="AWS region; default: the AWS configuration.")
+    endpoint_url: str | None = Field(
+        None, description="Non-AWS endpoint (e.g. a local S3/SQS emulator) for SQS and S3."
+    )
+    profile: str | None = Field(None, description="AWS profile; default: the AWS configuration.")
+    prefixes: list[str] = Field(
+        default_factory=list, description="Only object keys with one of these prefixes; [] = all."
+    )
+    suffixes: list[str] = Field(
+        default_factory=list,
+        description="Only object keys ending in one of these (case-insensitive); [] = all.",
+    )
+    detectors: list[str] = Field(
+        default_factory=lambda: ["color-cues-lstm-v1"],
+        min_length=1,
+        description="Detector keys every object from this queue goes through.",
+    )
+    priority: int = Field(0, description="Higher runs first.")
+    work: Path = Field(
+        Path("var/work-s3"),
+        description="Where downloaded objects wait while their job is open (work/<job id>/). "
+        "Not an inbox's work folder: its crash recovery would take them for inbox files.",
+    )
+    on_poison: Literal["leave", "delete"] = Field(
+        "leave",
+        description="A message that can never become a job (not JSON, not an S3 event, object "
+        "gone or too large): leave it to the queue's redrive policy (dead-letter queue), or "
+        "delete it.",
+    )
+    wait_time_s: int = Field(20, ge=0, le=20, description="SQS long-poll wait.")
+    max_messages: int = Field(10, ge=1, le=10, description="Messages per receive.")
+    visibility_timeout_s: int = Field(
+        120,
+        ge=1,
+        le=43200,
+        description="Visibility timeout of received messages; extended every third of it "
+        "while a message is being handled.",
+    )
+
+
 class Config(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     device: str = Field(
@@ -223,7 +294,11 @@ class Config(_Section):
     queue: QueueConfig = Field(default_factory=QueueConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    webhooks: WebhooksConfig = Field(default_factory=WebhooksConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
+    sqs: list[SqsSourceConfig] = Field(
+        default_factory=list, description="SQS queues of S3 event notifications to ingest."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -236,6 +311,13 @@ class Config(_Section):
                 raise ValueError(
                     f"inbox {inbox.name!r} uses detectors with no section under 'detectors': "
                     f"{missing}"
+                )
+        for source in self.sqs:
+            missing = [key for key in source.detectors if key not in self.detectors]
+            if missing:
+                raise ValueError(
+                    f"sqs source {source.name!r} uses detectors with no section under "
+                    f"'detectors': {missing}"
                 )
         unknown = sorted(k for k in self.fusion.weights if k not in self.detectors)
         if unknown:
@@ -257,13 +339,20 @@ class Config(_Section):
         if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
             url = "sqlite:///" + str((base / url.removeprefix("sqlite:///")).resolve())
         api = self.api.model_copy(update={"upload_dir": (base / self.api.upload_dir).resolve()})
+        sqs = [s.model_copy(update={"work": (base / s.work).resolve()}) for s in self.sqs]
         return self.model_copy(
-            update={"inboxes": inboxes, "database": DatabaseConfig(url=url), "api": api}
+            update={
+                "inboxes": inboxes,
+                "database": DatabaseConfig(url=url),
+                "api": api,
+                "sqs": sqs,
+            }
         )
 
     def all_detector_keys(self) -> list[str]:
-        """Every detector some inbox uses, in first-use order."""
-        return list(dict.fromkeys(k for inbox in self.inboxes for k in inbox.detectors))
+        """Every detector some inbox or SQS source uses, in first-use order."""
+        sources: list[InboxConfig | SqsSourceConfig] = [*self.inboxes, *self.sqs]
+        return list(dict.fromkeys(k for source in sources for k in source.detectors))
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:

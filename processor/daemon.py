@@ -27,6 +27,8 @@ from processor.config import Config, ConfigError
 from processor.ingest import FolderWatcher
 from processor.lifecycle import Lifecycle
 from processor.pipeline import Pipeline
+from processor.sqs import SqsSource
+from processor.webhooks import Dispatcher
 from processor.worker import Worker
 from storage.db import make_engine, upgrade
 from storage.queue import JobQueue
@@ -114,9 +116,11 @@ class Daemon:
         engine = open_database(self.config)
         queue = JobQueue(engine)
         worker: Worker | None = None
-        lifecycle = Lifecycle(queue, self.config.inboxes, self.config.queue)
+        lifecycle = Lifecycle(
+            queue, self.config.inboxes, self.config.queue, webhooks=self.config.webhooks
+        )
         runner: web.AppRunner | None = None
-        watchers: list[FolderWatcher] = []
+        watchers: list[FolderWatcher | SqsSource] = []
         stop_tasks: list[asyncio.Task[None]] = []
         try:
             if self.role in ("all", "worker"):
@@ -141,12 +145,25 @@ class Daemon:
                     )
                     await watcher.start()
                     watchers.append(watcher)
+                for sqs_config in self.config.sqs:
+                    sqs = SqsSource(
+                        sqs_config,
+                        queue,
+                        max_file_bytes=self.config.limits.max_file_bytes,
+                        max_attempts=self.config.queue.max_attempts,
+                        on_enqueued=lifecycle.on_enqueued,
+                    )
+                    await sqs.start()
+                    watchers.append(sqs)
             if self.role in ("all", "api") and self.config.api.enabled:
                 runner = web.AppRunner(init_app(self.config, queue, engine, worker))
                 await runner.setup()
                 site = web.TCPSite(runner, self.config.api.host, self.config.api.port)
                 await site.start()
                 log.info("API on http://%s:%d", self.config.api.host, self.config.api.port)
+            if self.role in ("all", "worker") and self.config.webhooks.targets:
+                dispatcher = Dispatcher(queue, self.config.webhooks)
+                stop_tasks.append(asyncio.create_task(dispatcher.run(stop)))
             log.info("drishtiksha ready (role %s)", self.role)
             systemd.notify(f"READY=1\nSTATUS=running, role {self.role}")
             period = systemd.watchdog_period()
@@ -158,8 +175,8 @@ class Daemon:
             if worker is not None:
                 worker_task = asyncio.create_task(worker.run(stop))
                 await stop.wait()
-                for watcher in watchers:
-                    await watcher.stop()
+                for source in watchers:
+                    await source.stop()
                 watchers.clear()
                 await worker_task
             else:
@@ -168,8 +185,9 @@ class Daemon:
             systemd.notify("STOPPING=1")
             for task in stop_tasks:
                 task.cancel()
-            for watcher in watchers:
-                await watcher.stop()
+            await asyncio.gather(*stop_tasks, return_exceptions=True)
+            for source in watchers:
+                await source.stop()
             if runner is not None:
                 await runner.cleanup()
             engine.dispose()

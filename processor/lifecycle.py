@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from processor.config import InboxConfig, QueueConfig
+from processor.config import InboxConfig, QueueConfig, WebhooksConfig
 from processor.files import (
     ERROR_SUFFIX,
     VERDICT_SUFFIX,
@@ -32,6 +32,7 @@ from processor.files import (
     write_json_atomic,
 )
 from processor.verdict import error_document, verdict_document
+from processor.webhooks import enqueue_for
 from storage.queue import JobQueue, JobState, JobView
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,13 @@ class Lifecycle:
         inboxes: list[InboxConfig],
         queue_config: QueueConfig,
         on_enqueued: Callable[[], None] = lambda: None,
+        webhooks: WebhooksConfig | None = None,
     ) -> None:
         self.queue = queue
         self.inboxes = {inbox.name: inbox for inbox in inboxes}
         self.queue_config = queue_config
         self.on_enqueued = on_enqueued
+        self.webhooks = webhooks if webhooks is not None and webhooks.targets else None
         # A backlog found by the startup scan arrives all at once; hashing a few files at a
         # time keeps memory and database contention bounded.
         self._accepting = asyncio.Semaphore(4)
@@ -133,18 +136,29 @@ class Lifecycle:
             await asyncio.to_thread(self.finalize, job)
 
     def finalize(self, job: JobView) -> None:
-        """Move a finished job's file to done/ or failed/ and write its sidecar. Idempotent."""
-        if job.source_kind == "upload" and job.work_path is not None:
-            # The API's own copy of an uploaded video: the verdict lives in the database and the
-            # client keeps the original, so the copy goes once the job is over.
+        """Put a finished job's file where it belongs, queue its webhooks, and mark it
+        finalized. Idempotent: a crash before the mark repeats it all at the next start (so a
+        webhook may be sent twice; receivers dedupe)."""
+        self._place_file(job)
+        if self.webhooks is not None:
+            enqueue_for(self.queue, self.webhooks, job)
+        self.queue.mark_finalized(job.id)
+
+    def _place_file(self, job: JobView) -> None:
+        """Move the file to done/ or failed/ with its sidecar, or drop our own copy."""
+        if job.source_kind in ("upload", "s3") and job.work_path is not None:
+            # The API's own copy of an uploaded video, or the download of an S3 object: the
+            # verdict lives in the database and the original stays with the client or in the
+            # bucket, so the copy goes once the job is over.
             Path(job.work_path).unlink(missing_ok=True)
-            self.queue.mark_finalized(job.id)
-            log.info("job %s %s: upload %s", job.id, job.state.value, job.source_ref)
+            if job.source_kind == "s3":
+                with contextlib.suppress(OSError):
+                    os.rmdir(Path(job.work_path).parent)  # the download's own work/<job id>/
+            log.info("job %s %s: %s %s", job.id, job.state.value, job.source_kind, job.source_ref)
             return
         inbox = self.inboxes.get(job.inbox or "")
         if job.work_path is None or inbox is None:
             # Not an inbox file (or its inbox was removed from the config): nothing to move.
-            self.queue.mark_finalized(job.id)
             return
         ok = job.state is JobState.DONE
         folder, suffix = (inbox.done, VERDICT_SUFFIX) if ok else (inbox.failed, ERROR_SUFFIX)
@@ -172,5 +186,4 @@ class Lifecycle:
         write_json_atomic(dest.with_name(dest.name + suffix), doc)
         with contextlib.suppress(OSError):
             os.rmdir(work_file.parent)
-        self.queue.mark_finalized(job.id)
         log.info("job %s %s: %s -> %s", job.id, job.state.value, job.source_ref, dest)

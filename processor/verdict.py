@@ -82,7 +82,8 @@ def result_document(r: StoredResult) -> dict[str, Any]:
     }
 
 
-def _video_document(video: VideoView | None) -> dict[str, Any] | None:
+def video_document(video: VideoView | None) -> dict[str, Any] | None:
+    """What the decoder learnt about a video, as shown to users."""
     if video is None:
         return None
     return {
@@ -115,7 +116,7 @@ def verdict_document(
         "cached": job.cached,
         "verdict": overall_verdict(job.results, fusion),
         "detectors": [result_document(r) for r in job.results],
-        "video": _video_document(video),
+        "video": video_document(video),
         "timestamps": _times(job),
     }
     if dummy:

@@ -161,3 +161,23 @@ class WorkerRow(Base):
     started_at: Mapped[dt.datetime]
     heartbeat_at: Mapped[dt.datetime]
     stopped_at: Mapped[dt.datetime | None]
+
+
+class WebhookDelivery(Base):
+    """One callback to send (an outbox row): kept until delivered or given up, so a restart
+    loses no notification and a slow receiver never holds up the worker."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "delivered_at", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64), ForeignKey("jobs.id"))
+    url: Mapped[str]
+    event: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    attempts: Mapped[int]
+    next_attempt_at: Mapped[dt.datetime | None]
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None]
+    created_at: Mapped[dt.datetime]
+    delivered_at: Mapped[dt.datetime | None]

@@ -47,7 +47,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload
 
 from storage.db import write_engine
 from storage.errors import StorageBusy, StorageUnavailable
-from storage.models import Job, JobResult, Video, WorkerRow
+from storage.models import Job, JobResult, Video, WebhookDelivery, WorkerRow
 
 # detectors.base.Label.ABSTAIN: the detector could not judge the video (no face, an error), which
 # is not a verdict to reuse; find_cached skips such results.
@@ -157,6 +157,32 @@ class WorkerView:
     stopped_at: dt.datetime | None
     alive: bool  # heartbeat recent enough and not stopped
     held_jobs: list[str]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A webhook delivery taken for sending."""
+
+    id: int
+    job_id: str
+    url: str
+    event: str
+    payload: dict[str, Any]
+    attempts: int  # including this one
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    """A webhook delivery as recorded."""
+
+    id: int
+    url: str
+    event: str
+    attempts: int
+    last_status: int | None
+    last_error: str | None
+    delivered_at: dt.datetime | None
+    next_attempt_at: dt.datetime | None  # None once delivered or given up
 
 
 @dataclass(frozen=True)
@@ -599,6 +625,109 @@ class JobQueue:
                     held_jobs=sorted(held.get(w.id, [])),
                 )
                 for w in rows
+            ]
+
+    def add_deliveries(
+        self, job_id: str, event: str, payload: dict[str, Any], urls: list[str]
+    ) -> None:
+        """Queue one webhook delivery per URL, due now."""
+        now = _now()
+        rows = [
+            {
+                "job_id": job_id,
+                "url": url,
+                "event": event,
+                "payload": payload,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            }
+            for url in urls
+        ]
+        if rows:
+            self._write(lambda conn: conn.execute(insert(WebhookDelivery), rows))
+
+    def take_deliveries(self, limit: int, hold_s: float) -> list[Delivery]:
+        """Due deliveries, each held for ``hold_s`` (its next attempt moved past the send) so
+        that two dispatchers never send the same one at once."""
+        now = _now()
+
+        def take(conn: Connection) -> list[Delivery]:
+            due = (
+                select(WebhookDelivery.id)
+                .where(
+                    WebhookDelivery.delivered_at.is_(None),
+                    WebhookDelivery.next_attempt_at <= now,
+                )
+                .order_by(WebhookDelivery.next_attempt_at)
+                .limit(limit)
+            )
+            if conn.dialect.name == "postgresql":
+                due = due.with_for_update(skip_locked=True)
+            ids = list(conn.scalars(due))
+            if not ids:
+                return []
+            rows = conn.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id.in_(ids))
+                .values(
+                    attempts=WebhookDelivery.attempts + 1,
+                    next_attempt_at=now + dt.timedelta(seconds=hold_s),
+                )
+                .returning(
+                    WebhookDelivery.id,
+                    WebhookDelivery.job_id,
+                    WebhookDelivery.url,
+                    WebhookDelivery.event,
+                    WebhookDelivery.payload,
+                    WebhookDelivery.attempts,
+                )
+            )
+            return [Delivery(*row) for row in rows]
+
+        return self._write(take)
+
+    def delivery_done(
+        self,
+        delivery_id: int,
+        *,
+        status: int | None,
+        error: str | None,
+        retry_at: dt.datetime | None,
+    ) -> None:
+        """Record an attempt: delivered (no error), to retry at ``retry_at``, or given up
+        (``retry_at`` None with an error)."""
+        values: dict[str, Any] = {
+            "last_status": status,
+            "last_error": error,
+            "next_attempt_at": retry_at,
+        }
+        if error is None:
+            values["delivered_at"] = _now()
+        self._execute(
+            update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(values)
+        )
+
+    def deliveries(self, job_id: str) -> list[DeliveryView]:
+        """Every delivery recorded for a job, oldest first."""
+        with self._read() as session:
+            rows = session.scalars(
+                select(WebhookDelivery)
+                .where(WebhookDelivery.job_id == job_id)
+                .order_by(WebhookDelivery.id)
+            )
+            return [
+                DeliveryView(
+                    id=r.id,
+                    url=r.url,
+                    event=r.event,
+                    attempts=r.attempts,
+                    last_status=r.last_status,
+                    last_error=r.last_error,
+                    delivered_at=r.delivered_at,
+                    next_attempt_at=r.next_attempt_at,
+                )
+                for r in rows
             ]
 
     def _write(self, work: Callable[[Connection], _T]) -> _T:

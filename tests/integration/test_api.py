@@ -489,6 +489,7 @@ PROTECTED = [
     ("GET", f"/v1/jobs/{'a' * 32}", "read"),
     ("DELETE", f"/v1/jobs/{'a' * 32}", "submit"),
     ("GET", f"/v1/jobs/{'a' * 32}/frames", "read"),
+    ("GET", f"/v1/jobs/{'a' * 32}/visualization", "read"),
     ("GET", f"/v1/videos/{'a' * 64}", "read"),
     ("GET", "/v1/detectors", "read"),
     ("POST", "/analyze", "submit"),
@@ -654,11 +655,6 @@ async def test_seed_endpoints(start_api: Start, clip: Path) -> None:
     assert err["available_models"] == [DETECTOR]
     assert "See /health endpoint for model status" in err["suggestions"]
     assert {"error", "message", "available_models", "suggestions", "timestamp"} <= set(err)
-
-    status, err, _ = await live.upload("/analyze/visualize", clip.read_bytes())
-    assert status == 501
-    assert err["error"] == "Not Implemented"
-    assert "annotated" in err["message"]
 
 
 async def test_seed_analysis_times_out_with_504(start_api: Start, clip: Path) -> None:

@@ -159,8 +159,7 @@ def test_weights_import_checks_registers_and_the_detector_loads_it(tmp_path: Pat
     torch.save(broken, bad)
     refused = runner.invoke(
         app,
-        ["weights", "import", str(bad), "--detector", "siglip-lstm-v1"]
-        + ["--manifest", str(manifest), "-c", str(cfg_path)],
+        [*args[:2], str(bad), *args[3:], "--manifest", str(manifest), "-c", str(cfg_path)],
         terminal_width=300,
     )
     assert refused.exit_code == 1

@@ -168,3 +168,25 @@ async def test_a_file_swapped_for_a_symlink_is_refused(
     assert link.is_symlink()
     assert queue.list() == []
     assert list(inbox.work.iterdir()) == []
+
+
+async def test_finalize_queues_the_webhooks_a_job_owes(queue: JobQueue, inbox: InboxConfig) -> None:
+    from processor.config import WebhooksConfig, WebhookTarget
+
+    hooks = WebhooksConfig(
+        targets=[
+            WebhookTarget(url="http://127.0.0.1:9/done", events=["done"]),
+            WebhookTarget(url="http://127.0.0.1:9/failed", events=["failed"]),
+        ]
+    )
+    lc = Lifecycle(queue, [inbox], QueueConfig(), webhooks=hooks)
+    lc.prepare_folders()
+    src = inbox.path / "clip.mp4"
+    src.write_bytes(b"abc")
+    await lc.accept(inbox, src)
+    [job] = queue.list()
+    _finish(queue, job.id, False)
+    await lc.recover()
+    [delivery] = queue.deliveries(job.id)
+    assert delivery.url == "http://127.0.0.1:9/failed"
+    assert delivery.event == "job.failed"
