@@ -42,6 +42,11 @@ def _obj(properties: dict[str, Any], *, required: list[str] | None = None) -> di
     }
 
 
+def _seed(properties: dict[str, Any]) -> dict[str, Any]:
+    """An older-service response: every field required but the dummy-weights warning."""
+    return _obj(properties, required=[k for k in properties if k != "warning"])
+
+
 _STR = {"type": "string"}
 _NUM = {"type": "number"}
 _INT = {"type": "integer"}
@@ -170,6 +175,8 @@ def _schemas() -> dict[str, Any]:
         "processing_time": {**_NUM, "description": "Seconds the daemon spent on the job."},
         "model": _STR,
         "timestamp": _STR,
+        "weights": {**_STR, "description": "sha256 of the weights that judged, or dummy."},
+        "warning": {**_STR, "description": "Present when the weights are dummy (random)."},
     }
     detector_info = _obj(
         {
@@ -310,8 +317,8 @@ def _schemas() -> dict[str, Any]:
                 "timestamp": _STR,
             }
         ),
-        "SeedQuick": _obj(seed_quick),
-        "SeedDetailed": _obj(
+        "SeedQuick": _seed(seed_quick),
+        "SeedDetailed": _seed(
             {
                 **seed_quick,
                 "analysis_details": _obj(
@@ -327,7 +334,7 @@ def _schemas() -> dict[str, Any]:
                 "system_info": _obj({"gpu_memory_used": _STR, "processing_device": _STR}),
             }
         ),
-        "SeedFrames": _obj(
+        "SeedFrames": _seed(
             {
                 **seed_quick,
                 "frame_predictions": {

@@ -136,13 +136,19 @@ def _base(model: str, job: JobView, result: StoredResult) -> dict[str, Any]:
         processing_time = (job.finished_at - job.started_at).total_seconds()
     else:
         processing_time = result.elapsed_s
-    return {
+    body: dict[str, Any] = {
         "prediction": prediction,
         "confidence": round(confidence, 4),
         "processing_time": round(processing_time, 3),
         "model": model,
         "timestamp": iso(job.finished_at),
+        # Beyond the older service's fields (its clients ignore extra keys): every verdict
+        # names the weights behind it, and random weights are never passed off as a verdict.
+        "weights": result.weights_id,
     }
+    if result.weights_id == "dummy":
+        body["warning"] = "weights: dummy (random weights): this verdict means nothing"
+    return body
 
 
 def _temporal(result: StoredResult) -> TemporalAnalysis:

@@ -215,6 +215,9 @@ def test_the_seed_nodejs_client(daemon: LiveDaemon, node_modules: Path, tmp_path
         "processing_time",
         "model",
         "timestamp",
+        # ours on top: the weights behind the verdict, and the dummy-weights warning
+        "weights",
+        "warning",
     }
     detailed = out["detailed"]["data"]
     assert detailed["model"] == "color-cues-lstm-v1"

@@ -586,6 +586,8 @@ async def test_one_error_shape_with_a_request_id(start_api: Start) -> None:
 # --- the older service's endpoints ----------------------------------------------------------
 
 QUICK = {"prediction", "confidence", "processing_time", "model", "timestamp"}
+# Ours on top of the older service's fields: dummy weights are never silent.
+OURS = {"weights", "warning"}
 
 
 async def test_seed_endpoints(start_api: Start, clip: Path) -> None:
@@ -596,7 +598,9 @@ async def test_seed_endpoints(start_api: Start, clip: Path) -> None:
 
     status, quick, _ = await live.upload("/analyze", clip.read_bytes())
     assert status == 200, quick
-    assert set(quick) == QUICK
+    assert set(quick) == QUICK | OURS
+    assert quick["weights"] == "dummy"
+    assert "dummy" in quick["warning"]
     assert quick["prediction"] in ("REAL", "FAKE")
     assert quick["model"] == DETECTOR
     assert 0.5 <= quick["confidence"] <= 1.0
@@ -606,7 +610,7 @@ async def test_seed_endpoints(start_api: Start, clip: Path) -> None:
         f"/analyze/detailed?model={DETECTOR}", clip.read_bytes()
     )
     assert status == 200, detailed
-    assert set(detailed) == QUICK | {"analysis_details", "model_info", "system_info"}
+    assert set(detailed) == QUICK | OURS | {"analysis_details", "model_info", "system_info"}
     assert set(detailed["analysis_details"]) == {
         "frame_count",
         "avg_confidence",
@@ -628,7 +632,7 @@ async def test_seed_endpoints(start_api: Start, clip: Path) -> None:
 
     status, frames, _ = await live.upload("/analyze/frames", clip.read_bytes())
     assert status == 200, frames
-    assert set(frames) == QUICK | {"frame_predictions", "temporal_analysis", "summary"}
+    assert set(frames) == QUICK | OURS | {"frame_predictions", "temporal_analysis", "summary"}
     first = frames["frame_predictions"][0]
     assert set(first) == {"frame", "confidence", "prediction"}
     numbers = [f["frame"] for f in frames["frame_predictions"]]
