@@ -78,7 +78,7 @@ class DecodeLimits:
 def probe(path: str | Path, limits: DecodeLimits) -> VideoInfo:
     """Open the file, check it against ``limits`` and describe its video stream."""
     path = Path(path)
-    with _opened(path, limits) as (_, _, info, _):
+    with opened(path, limits) as (_, _, info, _):
         return info
 
 
@@ -95,7 +95,7 @@ def decode_sampled(
     if num_frames < 1:
         raise ValueError("num_frames must be at least 1")
     path = Path(path)
-    with _opened(path, limits) as (container, stream, info, start_s), _decode_errors(path):
+    with opened(path, limits) as (container, stream, info, start_s), decode_errors(path):
         return _sample(container, stream, info, start_s, num_frames, limits, max_side)
 
 
@@ -168,7 +168,7 @@ def _sample(
     last_kept = False
 
     def keep(frame: VideoFrame, t: float) -> None:
-        frames.append(_to_rgb(frame, max_side))
+        frames.append(to_rgb(frame, max_side))
         timestamps.append(t)
 
     try:
@@ -182,7 +182,7 @@ def _sample(
                 )
             if frame.width * frame.height > limits.max_pixels:
                 raise TooManyPixels(_pixels_message(frame.width, frame.height, limits.max_pixels))
-            t = _frame_time(frame, decoded - 1, start_s, info.fps)
+            t = frame_time(frame, decoded - 1, start_s, info.fps)
             last, last_kept = (frame, t), False
             if t + _TIME_EPS < targets[next_target]:
                 continue
@@ -221,14 +221,16 @@ def _sample(
     return SampledFrames(info, frames, timestamps)
 
 
-def _frame_time(frame: VideoFrame, index: int, start_s: float, fps: float) -> float:
+def frame_time(frame: VideoFrame, index: int, start_s: float, fps: float) -> float:
+    """Seconds from the stream's start of the ``index``-th decoded frame."""
     # Raw elementary streams carry no timestamps; the frame rate is then all there is.
     if frame.pts is None or frame.time_base is None:
         return index / fps if fps > 0 else 0.0
     return max(0.0, float(frame.time) - start_s)
 
 
-def _to_rgb(frame: VideoFrame, max_side: int) -> np.ndarray:
+def to_rgb(frame: VideoFrame, max_side: int) -> np.ndarray:
+    """The frame as RGB uint8, downscaled so its longest side fits ``max_side``."""
     width, height = _scaled_size(frame.width, frame.height, max_side)
     rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
     array: np.ndarray = rgb.to_ndarray()
@@ -249,14 +251,14 @@ def _scaled_size(width: int, height: int, max_side: int) -> tuple[int, int]:
 
 
 @contextmanager
-def _opened(
+def opened(
     path: Path, limits: DecodeLimits
 ) -> Iterator[tuple[InputContainer, VideoStream, VideoInfo, float]]:
     """Open and vet a video; yields (container, video stream, info, stream start in s)."""
     _check_size(path, limits)
     container = _open_container(path)
     try:
-        with _decode_errors(path):
+        with decode_errors(path):
             stream = _video_stream(container, path)
             duration, start_s = _header_duration(container, stream)
             if duration is None:
@@ -413,7 +415,7 @@ def _fps(stream: VideoStream) -> float:
 
 
 @contextmanager
-def _decode_errors(path: Path) -> Iterator[None]:
+def decode_errors(path: Path) -> Iterator[None]:
     """Map what PyAV/FFmpeg raise while reading to typed errors."""
     try:
         yield

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from detectors.base import FrameScore
 from detectors.errors import CorruptVideo, TooManyFrames
 from detectors.faces import FaceFinder
-from detectors.frames import DecodeLimits, _decode_errors, _frame_time, _opened, _to_rgb
+from detectors.frames import DecodeLimits, decode_errors, frame_time, opened, to_rgb
 from detectors.temporal import Segment
 
 # dlib's HOG search costs more than decoding and encoding a frame together; a face moves a few
@@ -98,11 +98,11 @@ def render_video(
     partial = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.part")
     written = 0
     try:
-        # The output is opened outside _decode_errors: failing to write it is no fault of src.
+        # The output is opened outside decode_errors: failing to write it is no fault of src.
         with (
             av.open(str(partial), mode="w", format="mp4", options={"movflags": "faststart"}) as out,
-            _opened(src, limits) as (container, stream, _, start_s),
-            _decode_errors(src),
+            opened(src, limits) as (container, stream, _, start_s),
+            decode_errors(src),
         ):
             rate = stream.average_rate or stream.guessed_rate or _FALLBACK_FPS
             encoder = None
@@ -113,13 +113,13 @@ def render_video(
                     raise TooManyFrames(
                         f"more than {limits.max_decoded_frames} frames would have to be decoded"
                     )
-                image = _even(_to_rgb(frame, max_side))
+                image = _even(to_rgb(frame, max_side))
                 if encoder is None:
                     encoder = _add_encoder(out, rate, image.shape[1], image.shape[0])
                 if face_finder is not None and index % FACE_EVERY == 0:
                     face = face_finder.find(image)
                     box = face.box if face is not None else None
-                t = _frame_time(frame, index, start_s, float(rate))
+                t = frame_time(frame, index, start_s, float(rate))
                 p = float(np.interp(t, times, probs)) if len(ordered) else None
                 _annotate(image, box, p, threshold, verdict, caption)
                 video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
