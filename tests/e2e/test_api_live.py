@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import yaml
 from schemathesis import checks
 
 from tests.media import make_video
+from tests.net import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -43,12 +43,6 @@ TINY_SIGLIP = {
     "patch_size": 16,
     "lstm_hidden": 16,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LiveDaemon:

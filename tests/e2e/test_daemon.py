@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,17 +18,12 @@ import pytest
 import yaml
 
 from tests.media import SHARED_VIDEOS, make_text_as_mp4, make_truncated
+from tests.net import free_port
 
 pytestmark = pytest.mark.e2e
 
 CLIPS = sorted((SHARED_VIDEOS / "real").glob("*.mp4")) if SHARED_VIDEOS.is_dir() else []
 needs_clips = pytest.mark.skipif(len(CLIPS) < 10, reason="../shared/videos is not present")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Daemon:

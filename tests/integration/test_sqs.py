@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +23,7 @@ from processor.lifecycle import Lifecycle
 from processor.sqs import Poison, SqsSource, parse_message, safe_name
 from storage.db import make_engine
 from storage.queue import JobQueue, JobView
+from tests.net import free_port
 
 # botocore and moto still call datetime.utcnow() and similar deprecated APIs; the suite turns
 # every warning into an error, so only DeprecationWarnings are let through here.
@@ -32,17 +32,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 REGION = "us-east-1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
     """S3 + SQS emulator on a free loopback port, shared by this module's tests (every test
     uses its own bucket and queues)."""
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,6 +17,7 @@ from processor.config import WebhooksConfig, WebhookTarget
 from processor.webhooks import Dispatcher, enqueue_for
 from storage.db import make_engine
 from storage.queue import JobQueue, JobView, NewResult
+from tests.net import free_port
 
 SECRET = "s3cret-s3cret-s3cret"
 
@@ -120,9 +120,7 @@ async def test_signed_delivery_retried_until_accepted(queue: JobQueue, receiver:
 
 
 async def test_dead_receiver_is_given_up_with_the_error_recorded(queue: JobQueue) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}/hook"
+    dead = f"http://127.0.0.1:{free_port()}/hook"
     config = WebhooksConfig(
         targets=[WebhookTarget(url=dead)], max_attempts=2, retry_base_s=0.05, poll_s=0.05
     )
