@@ -1,6 +1,8 @@
 """The detector contract: every detector is a small class behind this interface.
 
-A detector never touches the database or the filesystem beyond its own weights file. The worker
+A detector never touches the database, nor the filesystem beyond its own weights and the video
+it is judging (``SampledFrames.path``: file-level signals such as content credentials read it).
+The worker
 decodes each video once (``detectors.frames``), hands the shared ``SampledFrames`` to every
 detector's CPU-side ``prepare`` and gathers prepared inputs from many videos into one ``predict``.
 """
@@ -46,6 +48,7 @@ class SampledFrames:
     info: VideoInfo
     frames: list[np.ndarray]
     timestamps: list[float]
+    path: Path | None = None  # the file decoded, for detectors that read the container itself
 
     def subset(self, n: int) -> SampledFrames:
         """``n`` frames spread evenly over this sample (all of them when it holds fewer)."""
@@ -53,7 +56,7 @@ class SampledFrames:
             return self
         idx = np.linspace(0, len(self.frames) - 1, n).round().astype(int)
         return SampledFrames(
-            self.info, [self.frames[i] for i in idx], [self.timestamps[i] for i in idx]
+            self.info, [self.frames[i] for i in idx], [self.timestamps[i] for i in idx], self.path
         )
 
 
@@ -75,9 +78,13 @@ class DetectorResult:
 
 
 class DetectorConfig(BaseModel):
-    """Settings every detector accepts; each detector extends it with its own."""
+    """The base of every detector's settings: unknown keys are errors, settings never change."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkConfig(DetectorConfig):
+    """Settings every detector built on a trained network accepts; each extends it."""
 
     weights: str = Field(
         "dummy",
@@ -115,10 +122,10 @@ class Detector(ABC, Generic[ConfigT]):
         """sha256 of the loaded weights file, or ``dummy``. Valid after ``setup``."""
 
     @property
+    @abstractmethod
     def threshold(self) -> float:
         """The fake probability at or above which this detector says FAKE (after ``setup``,
         weights may bring their own calibrated threshold)."""
-        return self.config.threshold
 
     @abstractmethod
     def check_checkpoint(self, path: str | Path) -> str:

@@ -23,6 +23,7 @@ from detectors.base import (
     DetectorResult,
     FrameScore,
     Label,
+    NetworkConfig,
     SampledFrames,
 )
 from detectors.errors import DetectorError
@@ -46,7 +47,7 @@ KEY = "color-cues-lstm-v1"
 _FC1_SIZE = 32
 
 
-class ColorCuesConfig(DetectorConfig):
+class ColorCuesConfig(NetworkConfig):
     """Settings of ``color-cues-lstm-v1``."""
 
     num_frames: int = Field(64, ge=1, description="Evenly spaced frames taken from the video.")

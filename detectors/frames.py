@@ -96,7 +96,9 @@ def decode_sampled(
         raise ValueError("num_frames must be at least 1")
     path = Path(path)
     with opened(path, limits) as (container, stream, info, start_s), decode_errors(path):
-        return _sample(container, stream, info, start_s, num_frames, limits, max_side)
+        sampled = _sample(container, stream, info, start_s, num_frames, limits, max_side)
+    sampled.path = path
+    return sampled
 
 
 def decode_by_seeking(path: str | Path, num_frames: int) -> SampledFrames:
@@ -140,7 +142,7 @@ def decode_by_seeking(path: str | Path, num_frames: int) -> SampledFrames:
                 continue
             frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
             timestamps.append(index / fps)
-        return SampledFrames(info, frames, timestamps)
+        return SampledFrames(info, frames, timestamps, Path(path))
     finally:
         cap.release()
 

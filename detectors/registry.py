@@ -13,6 +13,7 @@ from detectors.errors import DetectorError
 
 # key -> module that defines the detector class with that key.
 _PLUGINS: dict[str, str] = {
+    "c2pa-provenance": "detectors.provenance",
     "color-cues-lstm-v1": "detectors.color_cues",
     "siglip-lstm-v1": "detectors.siglip_lstm",
     "siglip-lstm-v3": "detectors.siglip_lstm",

@@ -44,6 +44,7 @@ from detectors.base import (
     DetectorResult,
     FrameScore,
     Label,
+    NetworkConfig,
     SampledFrames,
 )
 from detectors.errors import DetectorError
@@ -81,7 +82,7 @@ _ARCHITECTURE = (
 _AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
 
 
-class SiglipLSTMConfig(DetectorConfig):
+class SiglipLSTMConfig(NetworkConfig):
     """Settings of ``siglip-lstm-v1``; the architecture defaults are siglip-base-patch16-224."""
 
     num_frames: int = Field(32, ge=1, description="Evenly spaced frames taken from the video.")
@@ -354,6 +355,11 @@ class SiglipLSTMBase(Detector[ConfigT]):
         if self._weights_id is None:
             raise RuntimeError("setup() has not run")
         return self._weights_id
+
+    @property
+    def threshold(self) -> float:
+        """The configured threshold (these checkpoints bring none of their own)."""
+        return self.config.threshold
 
     def check_checkpoint(self, path: str | Path) -> str:
         """Check a checkpoint against this detector's configured network without loading it

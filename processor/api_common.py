@@ -19,7 +19,7 @@ from processor.api_auth import Keyring
 from processor.api_metrics import ApiMetrics
 from processor.config import Config
 from processor.lifecycle import Lifecycle
-from processor.verdict import overall_verdict, result_document
+from processor.verdict import job_verdict, result_document
 from processor.worker import Worker
 from storage.queue import JobQueue, JobState, JobView
 
@@ -114,7 +114,7 @@ def job_document(job: JobView) -> dict[str, Any]:
         "created_at": job.created_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        "verdict": overall_verdict(job.results) if job.state is JobState.DONE else None,
+        "verdict": job_verdict(job),
         "results": [result_document(r) for r in job.results],
     }
 

@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from processor.pipeline import Pipeline, Predicted, PreparedVideo
-from processor.verdict import overall_verdict
 from storage.errors import StorageError
 from storage.queue import JobQueue, JobState, JobView
 
@@ -142,7 +141,7 @@ class ApiMetrics:
             return
         if job.state is not JobState.DONE:
             return
-        self.verdicts.labels(overall_verdict(job.results)["label"]).inc()
+        self.verdicts.labels((job.verdict or {}).get("label", "unknown")).inc()
         for r in job.results:
             self.results.labels(r.detector, r.label).inc()
             if r.cached_from_job is None:

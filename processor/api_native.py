@@ -129,7 +129,7 @@ async def submit_job(request: web.Request) -> web.Response:
                 "cached": True,
                 "sha256": upload.sha256,
                 "detectors": detectors,
-                "verdict": overall_verdict(hits),
+                "verdict": overall_verdict(hits, state.config.fusion),
                 "results": [
                     result_document(h) | {"cached_from_job": h.cached_from_job or h.job_id}
                     for h in hits

@@ -13,6 +13,7 @@ from pathlib import Path
 from detectors.errors import DetectorError
 from detectors.frames import DecodeLimits, decode_by_seeking, decode_sampled
 from processor.pipeline import Pipeline
+from processor.verdict import overall_verdict
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 
@@ -97,6 +98,7 @@ def _queue_worker(
         details={},
         elapsed_s=0.0,
     )
+    verdict = overall_verdict([noop])
     latencies: list[float] = []
     done = 0
     while time.time() < start_at:
@@ -109,7 +111,7 @@ def _queue_worker(
         if not claimed:
             break
         for job in claimed:
-            if queue.complete(job.id, worker_id, [noop]):
+            if queue.complete(job.id, worker_id, [noop], verdict):
                 done += 1
     last = time.time()
     engine.dispose()

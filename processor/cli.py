@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -223,13 +224,12 @@ def jobs_list(
     limit: int = 20,
 ) -> None:
     """The newest jobs."""
-    from processor.verdict import overall_verdict
     from storage.queue import JobState
 
     queue = _queue(_config(config))
     table = Table("id", "state", "verdict", "source", "created")
     for job in queue.list(state=JobState(state) if state else None, limit=limit):
-        verdict = overall_verdict(job.results)["label"] if job.state is JobState.DONE else ""
+        verdict = job.verdict["label"] if job.state is JobState.DONE and job.verdict else ""
         table.add_row(
             job.id,
             job.state.value,
@@ -345,6 +345,22 @@ def db_upgrade(config: ConfigOpt = None) -> None:
     upgrade(engine)
     engine.dispose()
     out.print(f"database at {engine.url.render_as_string(hide_password=True)} is up to date")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="Revision to go back to, e.g. 0003.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Undo migrations down to REVISION, before running an older release on this database.
+    Columns a later revision added are dropped with their data."""
+    from storage.db import downgrade, make_engine
+
+    cfg = _config(config)
+    engine = make_engine(cfg.database.url)
+    downgrade(engine, revision)
+    engine.dispose()
+    out.print(f"database at {engine.url.render_as_string(hide_password=True)} is at {revision}")
 
 
 @config_app.command("check")
@@ -774,14 +790,24 @@ def eval_cmd(
         plot_report(report, png)
 
 
+@dataclass(frozen=True)
+class _Vote:
+    """One detector's result on one evaluation clip, as fusion reads it."""
+
+    detector: str
+    label: str
+    fake_probability: float | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
 def _evaluate(
     cfg: Config,
     built: dict[str, Any],
     clips: list[Any],
     cache_dir: Path | None,
     advance: Any,
-) -> list[dict[str, tuple[str, float | None]]]:
-    """Each clip's (label, probability) per detector, through ``Pipeline.prepare`` and
+) -> list[dict[str, _Vote]]:
+    """Each clip's vote per detector, through ``Pipeline.prepare`` and
     ``Pipeline.predict`` in batches as the worker runs them. With a single cacheable detector,
     its cached prepared inputs stand in for ``prepare`` (they are its output for these bytes)."""
     from detectors.base import DetectorResult
@@ -796,7 +822,7 @@ def _evaluate(
     cache: FeatureCache | None = None
     if cache_dir is not None and len(keys) == 1 and isinstance(built[keys[0]], ColorCuesDetector):
         cache = _feature_source(cfg, built[keys[0]], cache_dir)[1]
-    results: list[dict[str, tuple[str, float | None]]] = [{} for _ in clips]
+    results: list[dict[str, _Vote]] = [{} for _ in clips]
     pending: list[tuple[int, PreparedVideo]] = []
 
     def flush() -> None:
@@ -804,9 +830,9 @@ def _evaluate(
         for (i, _), outcome in zip(pending, predicted, strict=True):
             for key, o in outcome.outcomes.items():
                 if isinstance(o, DetectorResult):
-                    results[i][key] = (o.label.value, o.fake_probability)
+                    results[i][key] = _Vote(key, o.label.value, o.fake_probability, o.details)
                 else:
-                    results[i][key] = ("ABSTAIN", None)
+                    results[i][key] = _Vote(key, "ABSTAIN", None)
         pending.clear()
 
     for i, clip in enumerate(clips):
@@ -825,7 +851,7 @@ def _evaluate(
         except DetectorError as exc:
             if exc.retryable:
                 raise
-            results[i] = {k: ("ABSTAIN", None) for k in keys}
+            results[i] = {k: _Vote(k, "ABSTAIN", None) for k in keys}
         else:
             pending.append((i, prepared))
             if len(pending) >= cfg.batching.max_videos:
@@ -840,28 +866,24 @@ def _eval_report(
     cfg: Config,
     built: dict[str, Any],
     clips: list[Any],
-    outcomes: list[dict[str, tuple[str, float | None]]],
+    outcomes: list[dict[str, _Vote]],
     resamples: int,
     seed: int,
 ) -> dict[str, Any]:
-    from dataclasses import dataclass
-
     from detectors.evaluation import binary_report
     from detectors.training import LABEL_NAMES, per_dataset
     from processor.verdict import overall_verdict
 
-    @dataclass(frozen=True)
-    class _Vote:
-        detector: str
-        label: str
-        fake_probability: float | None
-
     labels = [c.label for c in clips]
     groups = [c.group for c in clips]
     scored: dict[str, list[tuple[str, float | None]]] = {
-        key: [o.get(key, ("ABSTAIN", None)) for o in outcomes] for key in built
+        key: [
+            (v.label, v.fake_probability)
+            for v in (o.get(key, _Vote(key, "ABSTAIN", None)) for o in outcomes)
+        ]
+        for key in built
     }
-    fused = [overall_verdict([_Vote(k, *v) for k, v in o.items()], cfg.fusion) for o in outcomes]
+    fused = [overall_verdict(list(o.values()), cfg.fusion) for o in outcomes]
     scored[f"fused ({cfg.fusion.rule})"] = [(f["label"], f["fake_probability"]) for f in fused]
     scorers = {
         name: binary_report(
@@ -890,7 +912,7 @@ def _eval_report(
                 "label": LABEL_NAMES[c.label],
                 "dataset": c.dataset,
                 "group": c.group,
-                "results": {k: {"label": lab, "p": p} for k, (lab, p) in o.items()},
+                "results": {k: {"label": v.label, "p": v.fake_probability} for k, v in o.items()},
                 "fused": f,
             }
             for c, o, f in zip(clips, outcomes, fused, strict=True)

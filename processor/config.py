@@ -53,9 +53,9 @@ class InboxConfig(_Section):
     done: Path = Field(Path("var/done"), description="Finished videos and their .verdict.json.")
     failed: Path = Field(Path("var/failed"), description="Rejected videos and their .error.json.")
     detectors: list[str] = Field(
-        default_factory=lambda: ["color-cues-lstm-v1"],
-        min_length=1,
-        description="Detector keys every video from this inbox goes through.",
+        default_factory=list,
+        description="Detector keys every video from this inbox goes through; absent or empty: "
+        "every detector that has a section under 'detectors'.",
     )
     priority: int = Field(0, description="Higher runs first.")
     polling: bool = Field(
@@ -250,9 +250,9 @@ class SqsSourceConfig(_Section):
         description="Only object keys ending in one of these (case-insensitive); [] = all.",
     )
     detectors: list[str] = Field(
-        default_factory=lambda: ["color-cues-lstm-v1"],
-        min_length=1,
-        description="Detector keys every object from this queue goes through.",
+        default_factory=list,
+        description="Detector keys every object from this queue goes through; absent or empty: "
+        "every detector that has a section under 'detectors'.",
     )
     priority: int = Field(0, description="Higher runs first.")
     work: Path = Field(
@@ -285,7 +285,7 @@ class Config(_Section):
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU; 0 keeps torch's choice.")
     inboxes: list[InboxConfig] = Field(default_factory=lambda: [InboxConfig()])
     detectors: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"color-cues-lstm-v1": {"weights": "dummy"}},
+        default_factory=lambda: {"color-cues-lstm-v1": {"weights": "dummy"}, "c2pa-provenance": {}},
         description="Per-detector settings by key; each detector validates its own section.",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -302,6 +302,10 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        sources: list[InboxConfig | SqsSourceConfig] = [*self.inboxes, *self.sqs]
+        for source in sources:
+            if not source.detectors:
+                source.detectors = list(self.detectors)
         names = [inbox.name for inbox in self.inboxes]
         if len(set(names)) != len(names):
             raise ValueError(f"inbox names must be unique, got {names}")

@@ -127,7 +127,13 @@ class Daemon:
                 pipeline = await asyncio.to_thread(load_pipeline, self.config)
                 worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
                 worker = Worker(
-                    queue, pipeline, lifecycle, self.config.batching, self.config.queue, worker_id
+                    queue,
+                    pipeline,
+                    lifecycle,
+                    self.config.batching,
+                    self.config.queue,
+                    worker_id,
+                    self.config.fusion,
                 )
                 lifecycle.on_enqueued = _threadsafe_setter(worker.wake)
             if self.role in ("all", "ingest"):

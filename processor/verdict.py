@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from processor.config import FusionConfig
-from storage.queue import JobView, StoredResult, VideoView
+from storage.queue import JobState, JobView, StoredResult, VideoView
 
 SCHEMA = "drishtiksha.verdict/1"
 ERROR_SCHEMA = "drishtiksha.error/1"
@@ -26,6 +26,9 @@ class Vote(Protocol):
     @property
     def fake_probability(self) -> float | None: ...
 
+    @property
+    def details(self) -> dict[str, Any]: ...
+
 
 def overall_verdict(results: Sequence[Vote], fusion: FusionConfig | None = None) -> dict[str, Any]:
     """Combine detectors by ``fusion.rule`` (default ``any_fake``). Abstaining detectors are left
@@ -39,6 +42,10 @@ def overall_verdict(results: Sequence[Vote], fusion: FusionConfig | None = None)
     ones included: their probability still carries evidence), judged against the fusion's
     threshold and UNCERTAIN band. Meaningful when the detectors' probabilities are calibrated
     (detectors loaded from the weights manifest are).
+
+    Under either rule a FAKE marked ``decisive`` in its details (a signed declaration of
+    generative AI, from ``c2pa-provenance``) decides the verdict: it is a statement of fact by
+    the maker, not a score to average away. ``decided_by`` and ``reason`` then say so.
     """
     fusion = fusion or FusionConfig()
     voting = [r for r in results if r.label != "ABSTAIN" and r.fake_probability is not None]
@@ -48,6 +55,15 @@ def overall_verdict(results: Sequence[Vote], fusion: FusionConfig | None = None)
         weights = [w for w in weights if w > 0]
     if not voting:
         return {"label": "ABSTAIN", "fake_probability": None, "rule": fusion.rule}
+    decisive = [r for r in voting if r.label == "FAKE" and r.details.get("decisive")]
+    if decisive:
+        return {
+            "label": "FAKE",
+            "fake_probability": decisive[0].fake_probability,
+            "rule": fusion.rule,
+            "decided_by": decisive[0].detector,
+            "reason": decisive[0].details.get("message", ""),
+        }
     if fusion.rule == "any_fake":
         labels = {r.label for r in voting}
         label = "FAKE" if "FAKE" in labels else "UNCERTAIN" if "UNCERTAIN" in labels else "REAL"
@@ -102,10 +118,13 @@ def _times(job: JobView) -> dict[str, dt.datetime | None]:
     return {"created": job.created_at, "started": job.started_at, "finished": job.finished_at}
 
 
-def verdict_document(
-    job: JobView, video: VideoView | None, file: Path, fusion: FusionConfig | None = None
-) -> dict[str, Any]:
-    """The .verdict.json for a done job; ``fusion`` as configured (default: any_fake)."""
+def job_verdict(job: JobView) -> dict[str, Any] | None:
+    """A job's overall verdict as stored when it finished; None unless it is done."""
+    return job.verdict if job.state is JobState.DONE else None
+
+
+def verdict_document(job: JobView, video: VideoView | None, file: Path) -> dict[str, Any]:
+    """The .verdict.json for a done job."""
     dummy = sorted(r.detector for r in job.results if r.weights_id == "dummy")
     doc: dict[str, Any] = {
         "schema": SCHEMA,
@@ -114,7 +133,7 @@ def verdict_document(
         "sha256": job.video_sha256,
         "job_id": job.id,
         "cached": job.cached,
-        "verdict": overall_verdict(job.results, fusion),
+        "verdict": job_verdict(job),
         "detectors": [result_document(r) for r in job.results],
         "video": video_document(video),
         "timestamps": _times(job),

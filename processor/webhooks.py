@@ -21,9 +21,9 @@ from typing import Any
 import aiohttp
 
 from processor.config import WebhooksConfig
-from processor.verdict import overall_verdict
+from processor.verdict import job_verdict
 from storage.errors import StorageError
-from storage.queue import Delivery, JobQueue, JobState, JobView
+from storage.queue import Delivery, JobQueue, JobView
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def event_payload(job: JobView) -> dict[str, Any]:
         "state": job.state.value,
         "sha256": job.video_sha256,
         "source": {"kind": job.source_kind, "ref": job.source_ref},
-        "verdict": overall_verdict(job.results) if job.state is JobState.DONE else None,
+        "verdict": job_verdict(job),
         "error": (
             {"code": job.error_code, "message": job.error_message} if job.error_code else None
         ),

@@ -18,9 +18,10 @@ from typing import Any, TypeVar
 
 from detectors.base import DetectorResult
 from detectors.errors import DetectorError, MediaError
-from processor.config import BatchingConfig, QueueConfig
+from processor.config import BatchingConfig, FusionConfig, QueueConfig
 from processor.lifecycle import Lifecycle
 from processor.pipeline import Outcome, Pipeline, PreparedVideo
+from processor.verdict import overall_verdict
 from storage.errors import StorageError
 from storage.queue import Claimed, JobQueue, NewResult
 
@@ -79,6 +80,7 @@ class Worker:
         batching: BatchingConfig,
         queue_config: QueueConfig,
         worker_id: str,
+        fusion: FusionConfig,
     ) -> None:
         self.queue = queue
         self.pipeline = pipeline
@@ -86,6 +88,7 @@ class Worker:
         self.batching = batching
         self.qc = queue_config
         self.worker_id = worker_id
+        self.fusion = fusion
         self.wake = asyncio.Event()
         self._drained = asyncio.Event()
         self.held: dict[str, Claimed] = {}
@@ -295,7 +298,8 @@ class Worker:
 
     async def _complete(self, job: Claimed, results: list[NewResult]) -> None:
         try:
-            ok = await self._io(self.queue.complete, job.id, self.worker_id, results)
+            verdict = overall_verdict(results, self.fusion)
+            ok = await self._io(self.queue.complete, job.id, self.worker_id, results, verdict)
         except StorageError as exc:
             await self._failed(job, exc)
             return

@@ -8,6 +8,7 @@ pysqlite driver) emits BEGIN, so that writers can take the write lock up front w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,17 @@ def write_engine(engine: Engine) -> Engine:
     return engine.execution_options(**{_IMMEDIATE: True})
 
 
-def upgrade(engine: Engine) -> None:
-    """Apply Alembic migrations (packaged in storage/migrations) up to head."""
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply Alembic migrations (packaged in storage/migrations) up to ``revision``."""
+    _migrate(engine, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Undo migrations down to ``revision`` (``drishtiksha db downgrade``)."""
+    _migrate(engine, lambda config: command.downgrade(config, revision))
+
+
+def _migrate(engine: Engine, run: Callable[[Config], None]) -> None:
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS).replace("%", "%%"))
     with write_engine(engine).begin() as conn:
@@ -64,7 +74,7 @@ def upgrade(engine: Engine) -> None:
             # Processes starting together would otherwise race to create the same tables.
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_UPGRADE_LOCK})
         config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+        run(config)
 
 
 def ping(engine: Engine) -> None:

@@ -99,6 +99,8 @@ class Job(Base):
         # list: newest first, optionally per state, with the (created_at, id) cursor.
         Index("ix_jobs_state_created", "state", "created_at", "id"),
         Index("ix_jobs_created", "created_at", "id"),
+        # list ?label=: done jobs by their stored overall verdict, newest first.
+        Index("ix_jobs_verdict_created", "verdict_label", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -119,6 +121,10 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None]
     cached: Mapped[bool]
+    # The overall verdict, fused by the rule configured when the job finished, kept as it was
+    # then: a later change of rule or weights does not rewrite what was already reported.
+    verdict_label: Mapped[str | None] = mapped_column(String(16))
+    verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime]
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]

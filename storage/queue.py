@@ -21,7 +21,7 @@ import enum
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -52,6 +52,7 @@ from storage.models import Job, JobResult, Video, WebhookDelivery, WorkerRow
 # detectors.base.Label.ABSTAIN: the detector could not judge the video (no face, an error), which
 # is not a verdict to reuse; find_cached skips such results.
 _ABSTAIN = "ABSTAIN"
+VERDICT_LABELS = ("REAL", "FAKE", "UNCERTAIN", _ABSTAIN)
 
 # Retries of a whole write transaction that found the database busy, with jittered back-off.
 _BUSY_ATTEMPTS = 4
@@ -141,6 +142,8 @@ class JobView:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     finalized_at: dt.datetime | None  # files moved and sidecar written
+    # The overall verdict as fused when the job finished (None unless done).
+    verdict: dict[str, Any] | None = None
     results: list[StoredResult] = field(default_factory=list)
 
 
@@ -342,10 +345,15 @@ class JobQueue:
 
         return self._write(work)
 
-    def complete(self, job_id: str, worker_id: str, results: list[NewResult]) -> bool:
-        """Store results and set state done, only if ``worker_id`` holds a live lease on the job
-        (conditional update). ``cached`` is set when every result has cached_from_job. Returns
-        False (and stores nothing) when the lease was lost."""
+    def complete(
+        self, job_id: str, worker_id: str, results: list[NewResult], verdict: Mapping[str, Any]
+    ) -> bool:
+        """Store results and the overall ``verdict`` (the fused document, with its ``label``)
+        and set state done, only if ``worker_id`` holds a live lease on the job (conditional
+        update). ``cached`` is set when every result has cached_from_job. Returns False (and
+        stores nothing) when the lease was lost."""
+        if verdict.get("label") not in VERDICT_LABELS:
+            raise ValueError(f"verdict label must be one of {VERDICT_LABELS}, got {verdict!r}")
 
         def work(conn: Connection) -> bool:
             now = _now()
@@ -358,6 +366,8 @@ class JobQueue:
                     error_code=None,
                     error_message=None,
                     cached=bool(results) and all(r.cached_from_job for r in results),
+                    verdict_label=verdict["label"],
+                    verdict=dict(verdict),
                     finished_at=now,
                 )
             )
@@ -777,8 +787,8 @@ class JobQueue:
         broken by id), so pages stay stable while jobs are added. An unknown cursor gives an
         empty page.
 
-        Filters: ``label`` is the overall verdict of a done job (``overall_verdict``'s rule:
-        FAKE, UNCERTAIN, REAL or ABSTAIN); ``detector``, a key the job was submitted for;
+        Filters: ``label`` is the overall verdict stored with a done job (FAKE, UNCERTAIN,
+        REAL or ABSTAIN); ``detector``, a key the job was submitted for;
         ``since``/``until``, creation time (inclusive/exclusive); ``finished_since``, the
         finish time (inclusive)."""
         newest = not oldest_first
@@ -801,7 +811,9 @@ class JobQueue:
                 )
             stmt = stmt.where(after_cursor)
         if label is not None:
-            stmt = stmt.where(Job.state == JobState.DONE, _verdict_is(label))
+            if label not in VERDICT_LABELS:
+                raise ValueError(f"unknown verdict label {label!r}")
+            stmt = stmt.where(Job.state == JobState.DONE, Job.verdict_label == label)
         if detector is not None:
             stmt = stmt.where(self._submitted_for(detector))
         if source_kind is not None:
@@ -820,30 +832,6 @@ class JobQueue:
             return cast(Job.detectors, postgresql.JSONB).contains([detector])
         keys = func.json_each(Job.detectors).table_valued("value")
         return exists(select(keys.c.value).where(keys.c.value == detector))
-
-
-def _verdict_is(label: str) -> ColumnElement[bool]:
-    """SQL for ``overall_verdict(job.results)["label"] == label`` (processor.verdict): FAKE if
-    any voting result says FAKE, else UNCERTAIN if any says so, else REAL; ABSTAIN when no
-    result votes (every one abstained or has no probability)."""
-    voting = and_(
-        JobResult.job_id == Job.id,
-        JobResult.label != _ABSTAIN,
-        JobResult.fake_probability.is_not(None),
-    )
-
-    def has(value: str) -> ColumnElement[bool]:
-        return exists(select(JobResult.id).where(voting, JobResult.label == value))
-
-    if label == "FAKE":
-        return has("FAKE")
-    if label == "UNCERTAIN":
-        return and_(has("UNCERTAIN"), ~has("FAKE"))
-    if label == "REAL":
-        return and_(has("REAL"), ~has("FAKE"), ~has("UNCERTAIN"))
-    if label == _ABSTAIN:
-        return ~exists(select(JobResult.id).where(voting))
-    raise ValueError(f"unknown verdict label {label!r}")
 
 
 class _JobExists(Exception):
@@ -977,5 +965,6 @@ def _job_view(job: Job) -> JobView:
         started_at=job.started_at,
         finished_at=job.finished_at,
         finalized_at=job.finalized_at,
+        verdict=job.verdict,
         results=[_stored_result(r) for r in job.results],
     )

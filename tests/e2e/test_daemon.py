@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.media import SHARED_VIDEOS, make_text_as_mp4, make_truncated
+from tests.credentials import AI, CAPTURE, action, make_credentials, sign_video
+from tests.media import SHARED_VIDEOS, make_text_as_mp4, make_truncated, make_video
 from tests.net import free_port
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +30,10 @@ needs_clips = pytest.mark.skipif(len(CLIPS) < 10, reason="../shared/videos is no
 class Daemon:
     """`drishtiksha run` in a subprocess, with its log kept for failure messages."""
 
-    def __init__(self, root: Path, database_url: str) -> None:
+    def __init__(
+        self, root: Path, database_url: str, detectors: dict[str, Any] | None = None, **extra: Any
+    ) -> None:
+        detectors = detectors or {"color-cues-lstm-v1": {"weights": "dummy", "num_frames": 16}}
         self.root = root
         self.port = free_port()
         self.config = root / "config.yaml"
@@ -47,15 +51,16 @@ class Daemon:
                             "work": str(root / "work"),
                             "done": str(root / "done"),
                             "failed": str(root / "failed"),
-                            "detectors": ["color-cues-lstm-v1"],
+                            "detectors": list(detectors),
                             "quiet_s": 0.5,
                             "rescan_s": 2,
                         }
                     ],
-                    "detectors": {"color-cues-lstm-v1": {"weights": "dummy", "num_frames": 16}},
+                    "detectors": detectors,
                     "batching": {"max_videos": 4, "max_wait_s": 0.3, "prepare_workers": 2},
                     "queue": {"lease_s": 3, "poll_s": 0.2, "retry_base_s": 0.5},
                     "api": {"host": "127.0.0.1", "port": self.port},
+                    **extra,
                 }
             )
         )
@@ -222,3 +227,60 @@ def test_same_bytes_reuse_the_stored_result(daemon: Daemon, tmp_path: Path) -> N
     assert second["detectors"][0]["cached_from_job"] == first["job_id"]
     assert second["detectors"][0]["fake_probability"] == first["detectors"][0]["fake_probability"]
     assert daemon.stop() == 0
+
+
+def test_content_credentials_decide_the_overall_verdict(tmp_path: Path, database_url: str) -> None:
+    """A signed generative-AI declaration makes the stored, reported and filtered verdict FAKE
+    even under weighted_mean; a tampered manifest and none at all leave the verdict to the
+    other detector."""
+    detectors = {
+        "color-cues-lstm-v1": {"weights": "dummy", "num_frames": 8},
+        "c2pa-provenance": {},
+    }
+    daemon = Daemon(tmp_path, database_url, detectors, fusion={"rule": "weighted_mean"})
+    media = tmp_path / "media"
+    media.mkdir()
+    clip = make_video(media / "clip.mp4", seconds=1.0, fps=15)
+    creds = make_credentials()
+    sign_video(clip, media / "ai.mp4", creds, [action("c2pa.created", AI)])
+    sign_video(clip, media / "camera.mp4", creds, [action("c2pa.created", CAPTURE)])
+    tampered = bytearray((media / "camera.mp4").read_bytes())
+    tampered[tampered.index(b"mdat") + 64] ^= 0x01
+    (media / "tampered.mp4").write_bytes(tampered)
+    try:
+        daemon.start()
+        inbox, done = tmp_path / "inbox", tmp_path / "done"
+        for name in ("ai.mp4", "camera.mp4", "tampered.mp4", "clip.mp4"):
+            drop(media / name, inbox, name)
+        wait_for(lambda: len(sidecars(done, ".verdict.json")) == 4, 120, daemon, "4 verdicts")
+        docs = {
+            k.removesuffix(".verdict.json"): v for k, v in sidecars(done, ".verdict.json").items()
+        }
+        provenance = {
+            name: next(r for r in doc["detectors"] if r["detector"] == "c2pa-provenance")
+            for name, doc in docs.items()
+        }
+        assert docs["ai.mp4"]["verdict"]["label"] == "FAKE"
+        assert docs["ai.mp4"]["verdict"]["decided_by"] == "c2pa-provenance"
+        assert "trainedAlgorithmicMedia" in docs["ai.mp4"]["verdict"]["reason"]
+        assert provenance["camera.mp4"]["details"]["reason"] == "no_generative_ai_declared"
+        assert provenance["tampered.mp4"]["details"]["reason"] == "invalid_manifest"
+        assert provenance["clip.mp4"]["details"]["reason"] == "no_manifest"
+        for name in ("camera.mp4", "tampered.mp4", "clip.mp4"):
+            verdict = docs[name]["verdict"]
+            assert "decided_by" not in verdict
+            # Only the (dummy) colour detector votes, so its score is the verdict's.
+            colour = next(r for r in docs[name]["detectors"] if r["detector"] != "c2pa-provenance")
+            assert verdict["fake_probability"] == pytest.approx(colour["fake_probability"])
+            assert verdict["rule"] == "weighted_mean"
+
+        jobs = {Path(j["source"]["ref"]).name: j for j in daemon.get("/v1/jobs")["jobs"]}
+        fakes = {j["id"] for j in daemon.get("/v1/jobs?label=FAKE")["jobs"]}
+        assert jobs["ai.mp4"]["id"] in fakes
+        for name, job in jobs.items():
+            assert job["verdict"] == docs[name]["verdict"], name
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc is not None:
+            daemon.proc.kill()
+            daemon.proc.wait()

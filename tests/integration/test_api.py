@@ -142,7 +142,15 @@ async def start_api(tmp_path: Path, database_url: str, pipeline: Pipeline) -> As
             queue = JobQueue(engine)
             lifecycle = Lifecycle(queue, config.inboxes, config.queue)
             w = (
-                Worker(queue, pipeline, lifecycle, config.batching, config.queue, "test-worker")
+                Worker(
+                    queue,
+                    pipeline,
+                    lifecycle,
+                    config.batching,
+                    config.queue,
+                    "test-worker",
+                    config.fusion,
+                )
                 if worker
                 else None
             )

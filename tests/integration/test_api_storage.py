@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import Engine
 
 import storage.queue
+from processor.config import FusionConfig
 from processor.verdict import overall_verdict
 from storage.db import upgrade
 from storage.queue import JobQueue, JobState, NewResult
@@ -60,18 +61,20 @@ def result(detector: str, label: str, probability: float | None = 0.5) -> NewRes
     )
 
 
-def finish(q: JobQueue, results: dict[str, list[NewResult]]) -> None:
+def finish(
+    q: JobQueue, results: dict[str, list[NewResult]], fusion: FusionConfig | None = None
+) -> None:
     claimed = q.claim("w", len(results), 600)
     assert {c.id for c in claimed} == set(results)
     for c in claimed:
-        assert q.complete(c.id, "w", results[c.id])
+        assert q.complete(c.id, "w", results[c.id], overall_verdict(results[c.id], fusion))
 
 
 def ids(jobs: list[storage.queue.JobView]) -> list[str]:
     return [j.id for j in jobs]
 
 
-def test_label_filter_follows_the_overall_verdict_rule(queue: JobQueue) -> None:
+def test_label_filter_follows_the_stored_overall_verdict(queue: JobQueue) -> None:
     outcomes = {
         "fake": [result("d1", "FAKE", 0.9)],
         "real": [result("d1", "REAL", 0.1)],
@@ -83,19 +86,23 @@ def test_label_filter_follows_the_overall_verdict_rule(queue: JobQueue) -> None:
     }
     for job_id in outcomes:
         add(queue, job_id)
+    add(queue, "mean-real")
     add(queue, "queued")
     finish(queue, outcomes)
+    # Fused by another rule when it finished: the filter goes by what was fused then.
+    mean = FusionConfig(rule="weighted_mean", threshold=0.5)
+    finish(queue, {"mean-real": [result("d1", "FAKE", 0.6), result("d2", "REAL", 0.1)]}, mean)
 
     for label in ("FAKE", "REAL", "UNCERTAIN", "ABSTAIN"):
         found = set(ids(queue.list(label=label)))
         expected = {
             job.id
             for job in queue.list(state=JobState.DONE)
-            if overall_verdict(job.results)["label"] == label
+            if job.verdict is not None and job.verdict["label"] == label
         }
         assert found == expected, label
     assert set(ids(queue.list(label="FAKE"))) == {"fake", "fake-any"}
-    assert set(ids(queue.list(label="REAL"))) == {"real", "novote"}
+    assert set(ids(queue.list(label="REAL"))) == {"real", "novote", "mean-real"}
     assert ids(queue.list(label="UNCERTAIN")) == ["uncertain"]
     assert ids(queue.list(label="ABSTAIN")) == ["abstain"]
     with pytest.raises(ValueError, match="unknown verdict label"):
@@ -124,7 +131,7 @@ def test_time_filters(queue: JobQueue, clock: list[dt.datetime]) -> None:
     clock[0] = T0 + dt.timedelta(hours=1)
     claimed = queue.claim("w", 2, 600)  # "a" and "b", the oldest
     for c in claimed:
-        assert queue.complete(c.id, "w", [])
+        assert queue.complete(c.id, "w", [], overall_verdict([]))
     done = queue.list(state=JobState.DONE)
     latest = max(j.finished_at for j in done if j.finished_at is not None)
     assert ids(queue.list(finished_since=T0 + dt.timedelta(minutes=30))) == ["b", "a"]

@@ -18,6 +18,9 @@ from processor.lifecycle import Lifecycle
 from storage.db import make_engine
 from storage.queue import JobQueue, JobState, NewResult
 
+# The overall verdict stored with a completed job; these tests do not look at it.
+VERDICT = {"label": "REAL", "fake_probability": 0.1, "rule": "any_fake"}
+
 
 @pytest.fixture
 def queue(database_url: str) -> Iterator[JobQueue]:
@@ -62,7 +65,7 @@ def _finish(queue: JobQueue, job_id: str, ok: bool) -> None:
     [claimed] = queue.claim("w", 1, 30)
     assert claimed.id == job_id
     if ok:
-        assert queue.complete(job_id, "w", [_result()])
+        assert queue.complete(job_id, "w", [_result()], VERDICT)
     else:
         assert queue.fail(job_id, "w", "corrupt_video", "broken")
 
@@ -159,6 +162,7 @@ async def test_name_collisions_get_a_suffix_never_overwrite(
 async def test_a_file_swapped_for_a_symlink_is_refused(
     lifecycle: Lifecycle, queue: JobQueue, inbox: InboxConfig, tmp_path: Path
 ) -> None:
+
     secret = tmp_path / "secret"
     secret.write_text("not for the detectors")
     link = inbox.path / "clip.mp4"

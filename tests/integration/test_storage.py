@@ -17,10 +17,13 @@ from sqlalchemy import Column, Engine, Integer, MetaData, event, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 import storage.queue
-from storage.db import make_engine, ping, upgrade, write_engine
+from storage.db import downgrade, make_engine, ping, upgrade, write_engine
 from storage.errors import StorageBusy, StorageUnavailable
 from storage.models import Base, Job
 from storage.queue import Claimed, JobQueue, JobState, NewResult
+
+# The overall verdict stored with a completed job; these tests do not look at it.
+VERDICT = {"label": "REAL", "fake_probability": 0.1, "rule": "any_fake"}
 
 LEASE_S = 0.2  # short leases for the tests that let one run out
 LONG_LEASE_S = 600.0  # leases that must not run out during a test
@@ -92,6 +95,37 @@ def test_migration_matches_models(engine: Engine) -> None:
         changed.tables["jobs"].append_column(Column("extra", Integer))
         diff = compare_metadata(MigrationContext.configure(conn), changed)
         assert [(d[0], d[3].name) for d in diff] == [("add_column", "extra")]
+
+
+def test_upgrade_to_0004_gives_earlier_done_jobs_the_any_fake_verdict(engine: Engine) -> None:
+    upgrade(engine)
+    queue = JobQueue(engine)
+    outcomes = {
+        "fake": [result("d1", label="REAL", fake_probability=0.1), result("d2")],
+        "real": [result("d1", label="REAL", fake_probability=0.3), result("d2", label="REAL")],
+        "abstain": [result("d1", label="ABSTAIN", fake_probability=None)],
+    }
+    for n, job_id in enumerate([*outcomes, "queued"]):
+        add(queue, job_id, video=n)
+    for job_id, results in outcomes.items():
+        assert claim_one(queue, "w1").id == job_id
+        assert queue.complete(job_id, "w1", results, {"label": "UNCERTAIN"})
+    downgrade(engine, "0003")  # drops the stored verdicts: the database as 0003 left it
+    upgrade(engine)
+
+    expected = {
+        "fake": {"label": "FAKE", "fake_probability": 0.9, "rule": "any_fake"},
+        "real": {"label": "REAL", "fake_probability": 0.9, "rule": "any_fake"},
+        "abstain": {"label": "ABSTAIN", "fake_probability": None, "rule": "any_fake"},
+    }
+    for job_id, verdict in expected.items():
+        job = queue.get(job_id)
+        assert job is not None
+        assert job.verdict == verdict, job_id
+        assert [j.id for j in queue.list(label=verdict["label"])] == [job_id]
+    queued = queue.get("queued")
+    assert queued is not None
+    assert queued.verdict is None
 
 
 def test_enqueue_is_idempotent_on_job_id(queue: JobQueue) -> None:
@@ -170,7 +204,7 @@ def test_concurrent_claims_hand_out_each_job_once(queue: JobQueue, engine: Engin
             taken: list[str] = []
             while batch := q.claim(f"w{n}", 1 + len(taken) % 5, LONG_LEASE_S):
                 for job in batch:
-                    assert q.complete(job.id, f"w{n}", [result()])
+                    assert q.complete(job.id, f"w{n}", [result()], VERDICT)
                     taken.append(job.id)
             return taken
         finally:
@@ -198,19 +232,19 @@ def test_expired_lease_is_reclaimed_and_the_old_worker_is_locked_out(queue: JobQ
     let_lease_expire()
 
     # Expired but not yet reclaimed: the lease is lost all the same.
-    assert not queue.complete("j1", "w1", [result()])
+    assert not queue.complete("j1", "w1", [result()], VERDICT)
     assert queue.renew("w1", ["j1"], LONG_LEASE_S) == set()
 
     reclaimed = claim_one(queue, "w2")
     assert (reclaimed.id, reclaimed.attempts) == ("j1", 2)
-    assert not queue.complete("j1", "w1", [result()])
+    assert not queue.complete("j1", "w1", [result()], VERDICT)
     assert not queue.fail("j1", "w1", "x", "y")
     assert not queue.retry_later("j1", "w1", "x", "y", 0)
     job = queue.get("j1")
     assert job is not None
     assert (job.state, job.lease_owner, job.results) == (JobState.RUNNING, "w2", [])
 
-    assert queue.complete("j1", "w2", [result()])
+    assert queue.complete("j1", "w2", [result()], VERDICT)
     job = queue.get("j1")
     assert job is not None
     assert job.state == JobState.DONE
@@ -243,8 +277,8 @@ def test_complete_stores_results_once(queue: JobQueue) -> None:
     claim_one(queue, "w1")
 
     stored = [result("d1"), result("d2", label="REAL", fake_probability=None, details={})]
-    assert queue.complete("j1", "w1", stored)
-    assert not queue.complete("j1", "w1", stored)  # already done: no second set of results
+    assert queue.complete("j1", "w1", stored, VERDICT)
+    assert not queue.complete("j1", "w1", stored, VERDICT)  # already done: no second set of results
     job = queue.get("j1")
     assert job is not None
     assert (job.state, job.cached, job.lease_expires) == (JobState.DONE, False, None)
@@ -256,8 +290,8 @@ def test_complete_stores_results_once(queue: JobQueue) -> None:
     assert (job.results[0].details, job.results[0].elapsed_s) == ({"faces": 1}, 0.25)
 
     # Every result reused: the job is marked cached; one reused out of two is not.
-    assert queue.complete("j2", "w1", [result("d1", cached_from_job="j1")])
-    assert queue.complete("j3", "w1", [result("d1", cached_from_job="j1"), result("d2")])
+    assert queue.complete("j2", "w1", [result("d1", cached_from_job="j1")], VERDICT)
+    assert queue.complete("j3", "w1", [result("d1", cached_from_job="j1"), result("d2")], VERDICT)
     cached = {job_id: queue.get(job_id) for job_id in ("j2", "j3")}
     assert {k: v.cached for k, v in cached.items() if v} == {"j2": True, "j3": False}
 
@@ -266,7 +300,7 @@ def test_duplicate_detector_in_one_completion_stores_nothing(queue: JobQueue) ->
     add(queue, "j1")
     claim_one(queue, "w1")
     with pytest.raises(IntegrityError):
-        queue.complete("j1", "w1", [result("d1"), result("d1")])
+        queue.complete("j1", "w1", [result("d1"), result("d1")], VERDICT)
     job = queue.get("j1")
     assert job is not None
     assert (job.state, job.results) == (JobState.RUNNING, [])
@@ -321,7 +355,7 @@ def test_retry_later_becomes_runnable_after_the_delay(queue: JobQueue) -> None:
     time.sleep(LEASE_S + 0.05)
     again = claim_one(queue, "w2")
     assert (again.id, again.attempts) == ("j1", 2)
-    assert queue.complete("j1", "w2", [result()])
+    assert queue.complete("j1", "w2", [result()], VERDICT)
     job = queue.get("j1")
     assert job is not None
     assert (job.error_code, job.error_message) == (None, None)
@@ -368,12 +402,12 @@ def test_find_cached_matches_bytes_detector_version_and_weights(queue: JobQueue)
     add(queue, "other-bytes", video=2)
     add(queue, "pending", video=1)
     claim_one(queue, "w1")
-    assert queue.complete("old", "w1", [result("d1", label="FAKE"), result("d2")])
+    assert queue.complete("old", "w1", [result("d1", label="FAKE"), result("d2")], VERDICT)
     claim_one(queue, "w1")
     abstain = result("d1", label="ABSTAIN", fake_probability=None, details={"reason": "no_faces"})
-    assert queue.complete("errored", "w1", [abstain])
+    assert queue.complete("errored", "w1", [abstain], VERDICT)
     claim_one(queue, "w1")
-    assert queue.complete("other-bytes", "w1", [result("d1", label="REAL")])
+    assert queue.complete("other-bytes", "w1", [result("d1", label="REAL")], VERDICT)
 
     found = queue.find_cached(sha(1), "d1", "1", "w1")
     assert found is not None
@@ -385,7 +419,8 @@ def test_find_cached_matches_bytes_detector_version_and_weights(queue: JobQueue)
 
     # The newest good result wins, reused ones included.
     claim_one(queue, "w1")
-    assert queue.complete("pending", "w1", [result("d1", label="REAL", cached_from_job="old")])
+    reused = result("d1", label="REAL", cached_from_job="old")
+    assert queue.complete("pending", "w1", [reused], VERDICT)
     found = queue.find_cached(sha(1), "d1", "1", "w1")
     assert found is not None
     assert (found.job_id, found.label, found.cached_from_job) == ("pending", "REAL", "old")
@@ -429,7 +464,7 @@ def test_counts_cover_every_state(queue: JobQueue) -> None:
     claim_one(queue, "w1")  # a
     claim_one(queue, "w1")  # b
     claim_one(queue, "w1")  # c
-    assert queue.complete("a", "w1", [])
+    assert queue.complete("a", "w1", [], VERDICT)
     assert queue.fail("b", "w1", "x", "y")
     assert queue.cancel("d")
     assert queue.counts() == {"queued": 1, "running": 1, "done": 1, "failed": 1, "cancelled": 1}
@@ -441,7 +476,7 @@ def test_unfinalized_until_marked(queue: JobQueue) -> None:
     claim_one(queue, "w1")
     claim_one(queue, "w1")
     claim_one(queue, "w1")
-    assert queue.complete("done", "w1", [result()])
+    assert queue.complete("done", "w1", [result()], VERDICT)
     assert queue.fail("failed", "w1", "x", "y")
     assert queue.cancel("queued")  # becomes the cancelled one
     assert [j.id for j in queue.unfinalized()] == ["done", "failed", "queued"]
@@ -481,7 +516,7 @@ def test_timestamps_are_aware_utc(queue: JobQueue) -> None:
     before = dt.datetime.now(dt.UTC)
     add(queue, "j1")
     claim_one(queue, "w1")
-    assert queue.complete("j1", "w1", [result()])
+    assert queue.complete("j1", "w1", [result()], VERDICT)
     queue.mark_finalized("j1")
     after = dt.datetime.now(dt.UTC)
 
@@ -539,6 +574,7 @@ def test_sqlite_engine_settings(tmp_path: Path) -> None:
 def test_sqlite_busy_is_retried_then_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     engine = make_engine(url)
     blocker = make_engine(url)

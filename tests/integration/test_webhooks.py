@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from processor.config import WebhooksConfig, WebhookTarget
+from processor.verdict import overall_verdict
 from processor.webhooks import Dispatcher, enqueue_for
 from storage.db import make_engine
 from storage.queue import JobQueue, JobView, NewResult
@@ -71,7 +72,7 @@ def _done_job(queue: JobQueue) -> JobView:
     )
     [claimed] = queue.claim("w", 1, 30)
     result = NewResult("d", "1", "dummy", "FAKE", 0.9, 0.5, [], {}, 0.1)
-    assert queue.complete(claimed.id, "w", [result])
+    assert queue.complete(claimed.id, "w", [result], overall_verdict([result]))
     view = queue.get(job_id)
     assert view is not None
     return view

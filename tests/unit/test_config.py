@@ -17,6 +17,20 @@ def test_embedded_defaults_when_no_file_resolve_against_the_start_directory(tmp_
     assert inbox.path == tmp_path / "var" / "inbox"
     assert inbox.done == tmp_path / "var" / "done"
     assert cfg.api.port == 8000
+    # An inbox that names no detectors uses every configured one.
+    assert inbox.detectors == list(cfg.detectors) == ["color-cues-lstm-v1", "c2pa-provenance"]
+
+
+def test_sources_without_detectors_take_every_configured_one(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "detectors:\n  c2pa-provenance: {}\n"
+        "inboxes:\n  - {name: all}\n  - {name: one, path: in2, detectors: [c2pa-provenance]}\n"
+        "sqs:\n  - {name: q, queue_url: 'http://127.0.0.1:1/q'}\n"
+    )
+    cfg = load_config(path, environ={}, base=tmp_path)
+    assert [i.detectors for i in cfg.inboxes] == [["c2pa-provenance"], ["c2pa-provenance"]]
+    assert cfg.sqs[0].detectors == ["c2pa-provenance"]
 
 
 def test_the_shipped_default_file_is_valid() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -16,6 +17,7 @@ class R:
     detector: str
     label: str
     fake_probability: float | None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 MEAN = FusionConfig(rule="weighted_mean")
@@ -83,3 +85,23 @@ def test_fusion_config_is_validated() -> None:
 
 def test_config_default_keeps_any_fake() -> None:
     assert Config().fusion.rule == "any_fake"
+
+
+def test_a_decisive_fake_decides_under_every_rule() -> None:
+    declared = R("c2pa", "FAKE", 1.0, {"decisive": True, "message": "signed: generative AI"})
+    confident_real = [R("a", "REAL", 0.01), R("b", "REAL", 0.02), R("c", "REAL", 0.0)]
+    for fusion in (FusionConfig(), MEAN):
+        verdict = overall_verdict([*confident_real, declared], fusion)
+        assert verdict == {
+            "label": "FAKE",
+            "fake_probability": 1.0,
+            "rule": fusion.rule,
+            "decided_by": "c2pa",
+            "reason": "signed: generative AI",
+        }
+    # Averaged like any score when not marked decisive.
+    plain = R("c2pa", "FAKE", 1.0)
+    assert overall_verdict([*confident_real, plain], MEAN)["label"] == "REAL"
+    # A weight of 0 takes a detector out of weighted_mean, decisive or not.
+    muted = FusionConfig(rule="weighted_mean", weights={"c2pa": 0.0})
+    assert overall_verdict([*confident_real, declared], muted)["label"] == "REAL"

@@ -38,6 +38,10 @@ class Echo(Detector[DetectorConfig]):
     def weights_id(self) -> str:
         return "dummy"
 
+    @property
+    def threshold(self) -> float:
+        return 0.5
+
     def check_checkpoint(self, path: str | Path) -> str:
         raise WeightsError("echo has no weights")
 

@@ -1,0 +1,299 @@
+"""``c2pa-provenance``: what the video's own content credentials (C2PA manifests) say.
+
+A C2PA manifest is a signed record, embedded in the file, of how the content was made and
+edited. It proves nothing about a video without one (most have none), and a signature proves
+who signed, not that they told the truth. So the signal is narrow on purpose:
+
+- no manifest: ABSTAIN (``no_manifest``; ``unsupported_format`` for containers C2PA cannot
+  embed a manifest in, such as WebM);
+- a manifest whose signature or content hash does not verify: ABSTAIN (``invalid_manifest``),
+  with the validator's failure codes, so a tampered file is reported as such;
+- a valid manifest that declares generative-AI creation (an action whose digital source type is
+  ``trainedAlgorithmicMedia`` or a composite with it, anywhere in the manifest store, ingredients
+  included): FAKE with probability 1 and ``decisive: true``, which makes the job's overall
+  verdict FAKE whatever the fusion rule (the maker said so, and signed it);
+- any other valid manifest: ABSTAIN (``no_generative_ai_declared``), with the capture and edit
+  history reported as provenance. A camera's "captured" claim is not treated as evidence of
+  REAL: a re-recorded screen is captured too.
+
+Signatures are checked by the C2PA reference implementation (c2pa-rs, through c2pa-python).
+Without ``trust_anchors`` a signer is "valid" but never "trusted"; with them, chains that end at
+one of those certificates are "trusted", and ``require_trusted`` limits FAKE to those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import c2pa
+from pydantic import Field, field_validator
+
+from detectors.base import Detector, DetectorConfig, DetectorResult, Label, SampledFrames
+from detectors.errors import DetectorError
+from detectors.weights import WeightsError
+
+KEY = "c2pa-provenance"
+
+# IPTC digital source types (https://cv.iptc.org/newscodes/digitalsourcetype/) that mean the
+# content was made by a generative model, wholly or in part.
+GENERATIVE_SOURCE_TYPES = ("trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia")
+
+# The validator lists an untrusted signer among its failures even when the manifest is valid;
+# whether it matters is this detector's decision (``require_trusted``), not a defect of the file.
+_UNTRUSTED = "signingCredential.untrusted"
+
+
+class ProvenanceConfig(DetectorConfig):
+    """Settings of ``c2pa-provenance``."""
+
+    trust_anchors: Path | None = Field(
+        None,
+        description="PEM file of root certificates whose signers count as trusted "
+        "(relative paths resolve against the working directory).",
+    )
+    require_trusted: bool = Field(
+        False,
+        description="Say FAKE for a declared generative-AI origin only when the signer chains to "
+        "one of trust_anchors; otherwise any valid signature is enough.",
+    )
+    generative_source_types: tuple[str, ...] = Field(
+        GENERATIVE_SOURCE_TYPES,
+        description="IPTC digital source types (last path segment) that declare generative AI.",
+    )
+
+    @field_validator("require_trusted")
+    @classmethod
+    def _needs_anchors(cls, value: bool, info: Any) -> bool:
+        if value and info.data.get("trust_anchors") is None:
+            raise ValueError("require_trusted needs trust_anchors")
+        return value
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What one file's manifest store says, boiled down to what a reviewer needs."""
+
+    state: str  # "valid", "trusted" or "invalid"
+    signer: dict[str, str]
+    claim_generator: str
+    actions: list[dict[str, str]]
+    failures: list[str]
+    manifests: int
+
+    def generative(self, types: Sequence[str]) -> list[str]:
+        """The generative source types declared anywhere in the store, in order, once each."""
+        found = [a["digital_source_type"] for a in self.actions if a["digital_source_type"]]
+        return list(dict.fromkeys(t for t in found if _source_type(t) in types))
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "signer": self.signer,
+            "claim_generator": self.claim_generator,
+            "actions": self.actions,
+            "failures": self.failures,
+            "manifests": self.manifests,
+        }
+
+
+def _source_type(uri: str) -> str:
+    """``http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia`` -> its name."""
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _actions(manifest: dict[str, Any]) -> list[dict[str, str]]:
+    out = []
+    for assertion in manifest.get("assertions", []):
+        # c2pa.actions (v1) and c2pa.actions.v2 carry the same list.
+        if not str(assertion.get("label", "")).startswith("c2pa.actions"):
+            continue
+        for action in assertion.get("data", {}).get("actions", []):
+            out.append(
+                {
+                    "action": str(action.get("action", "")),
+                    "digital_source_type": str(action.get("digitalSourceType", "")),
+                    "software_agent": _agent(action.get("softwareAgent")),
+                    "when": str(action.get("when", "")),
+                }
+            )
+    return out
+
+
+def _agent(agent: Any) -> str:
+    # v1 manifests name the software with a string, v2 with a claim-generator-info map.
+    if isinstance(agent, dict):
+        return " ".join(str(agent[k]) for k in ("name", "version") if agent.get(k))
+    return str(agent or "")
+
+
+def _generator(manifest: dict[str, Any]) -> str:
+    info = manifest.get("claim_generator_info") or []
+    if info and isinstance(info[0], dict):
+        return " ".join(str(info[0][k]) for k in ("name", "version") if info[0].get(k))
+    return str(manifest.get("claim_generator", ""))
+
+
+def summarise(store: dict[str, Any]) -> Provenance:
+    """A manifest store (the reader's JSON) as a ``Provenance``; the active manifest's signer
+    and generator, every manifest's actions (ingredients carry their own history)."""
+    manifests: dict[str, Any] = store.get("manifests", {})
+    active = manifests.get(store.get("active_manifest", ""), {})
+    results = store.get("validation_results", {}).get("activeManifest", {})
+    failures = [f["code"] for f in results.get("failure", []) if f.get("code") != _UNTRUSTED]
+    # Failures in ingredients' manifests appear in validation_status only.
+    failures += [
+        s["code"]
+        for s in store.get("validation_status", [])
+        if s.get("code") != _UNTRUSTED and s["code"] not in failures
+    ]
+    state = str(store.get("validation_state", "Invalid")).lower()
+    if state not in ("valid", "trusted"):
+        state = "invalid"
+    sig = active.get("signature_info", {})
+    signer = {k: str(sig[k]) for k in ("issuer", "common_name", "alg", "time") if sig.get(k)}
+    actions = [a for m in manifests.values() for a in _actions(m)]
+    return Provenance(state, signer, _generator(active), actions, failures, len(manifests))
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The prepared input of ``c2pa-provenance``: the finished result, made on the CPU."""
+
+    result: DetectorResult
+
+
+class ProvenanceDetector(Detector[ProvenanceConfig]):
+    """Reads and validates embedded C2PA manifests; see the module docstring for the verdicts."""
+
+    key: ClassVar[str] = KEY
+    version: ClassVar[str] = "1.0.0"
+    config_class: ClassVar[type[DetectorConfig]] = ProvenanceConfig
+
+    def __init__(self, config: ProvenanceConfig) -> None:
+        super().__init__(config)
+        self._context: c2pa.Context | None = None
+        self._weights_id: str | None = None
+
+    @property
+    def num_frames(self) -> int:
+        """One: the detector reads the container, not the pictures."""
+        return 1
+
+    @property
+    def weights_id(self) -> str:
+        """No weights: the validator's version and the trust list's sha256 instead, so that
+        cached verdicts follow a change of either."""
+        if self._weights_id is None:
+            raise RuntimeError("setup() has not run")
+        return self._weights_id
+
+    @property
+    def threshold(self) -> float:
+        """FAKE only on a declaration, which this detector scores 1."""
+        return 1.0
+
+    def check_checkpoint(self, path: str | Path) -> str:
+        raise WeightsError(f"{KEY} has no weights: it reads content credentials")
+
+    def setup(self, device: str) -> None:
+        """Build the validator's context (with the trust list, if any); ``device`` is unused."""
+        trust = "none"
+        settings: dict[str, Any] = {"verify": {"verify_trust": False}}
+        anchors = self.config.trust_anchors
+        if anchors is not None:
+            try:
+                pem = anchors.read_bytes()
+            except OSError as exc:
+                raise WeightsError(f"cannot read trust_anchors {anchors}: {exc}") from exc
+            trust = hashlib.sha256(pem).hexdigest()
+            settings = {
+                "verify": {"verify_trust": True},
+                "trust": {"trust_anchors": pem.decode("ascii", "replace")},
+            }
+        try:
+            self._context = c2pa.Context.from_dict(settings)
+        except c2pa.C2paError as exc:
+            raise WeightsError(f"trust_anchors {anchors}: {exc}") from exc
+        self._weights_id = f"c2pa-rs-{c2pa.sdk_version()}+trust-{trust[:16]}"
+
+    def read(self, path: Path) -> Provenance | None:
+        """The file's provenance, or None when it carries no manifest."""
+        if self._context is None:
+            raise RuntimeError("setup() has not run")
+        with path.open("rb") as stream:
+            # The format comes from the bytes: uploads and S3 copies keep no useful extension.
+            reader = c2pa.Reader.try_create(stream, context=self._context)
+            if reader is None:
+                return None
+            with reader:
+                return summarise(_json(reader.json()))
+
+    def prepare(self, frames: SampledFrames) -> Finding:
+        """Read and judge the manifest (cheap: one pass over the file for the hash check)."""
+        if frames.path is None:
+            raise ValueError(f"{KEY} needs the decoded file's path")
+        try:
+            found = self.read(frames.path)
+        except c2pa.C2paError.NotSupported:
+            # WebM, Matroska, MPEG-TS: C2PA defines no way to embed a manifest in them.
+            return Finding(
+                _abstain(
+                    "unsupported_format",
+                    f"content credentials cannot be embedded in {frames.info.container} files",
+                )
+            )
+        except c2pa.C2paError as exc:
+            return Finding(_abstain("unreadable_manifest", f"content credentials: {exc}"))
+        if found is None:
+            return Finding(_abstain("no_manifest", "no content credentials in the file"))
+        details: dict[str, Any] = {"provenance": found.document()}
+        if found.state == "invalid":
+            failures = ", ".join(found.failures) or "unknown failure"
+            return Finding(
+                _abstain(
+                    "invalid_manifest", f"content credentials do not verify: {failures}", details
+                )
+            )
+        generative = found.generative(self.config.generative_source_types)
+        signer = found.signer.get("common_name") or found.signer.get("issuer") or "unknown"
+        if generative and (found.state == "trusted" or not self.config.require_trusted):
+            details.update(
+                reason="declared_generative_ai",
+                decisive=True,
+                message=f"content credentials signed by {signer} ({found.state}) declare "
+                f"{', '.join(_source_type(t) for t in generative)}",
+            )
+            return Finding(DetectorResult(Label.FAKE, 1.0, self.threshold, details=details))
+        if generative:
+            reason, message = (
+                "untrusted_signer",
+                f"generative AI declared by a signer not in trust_anchors: {signer}",
+            )
+        else:
+            reason, message = (
+                "no_generative_ai_declared",
+                f"content credentials signed by {signer} ({found.state}) declare no generative AI",
+            )
+        return Finding(_abstain(reason, message, details))
+
+    def predict(self, batch: Sequence[Any]) -> list[DetectorResult | DetectorError]:
+        """Nothing left for the device: the findings were made in ``prepare``."""
+        return [finding.result for finding in batch]
+
+
+def _json(text: str) -> dict[str, Any]:
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise c2pa.C2paError(f"manifest store is a {type(data).__name__}, not an object")
+    return data
+
+
+def _abstain(reason: str, message: str, details: dict[str, Any] | None = None) -> DetectorResult:
+    return DetectorResult(
+        Label.ABSTAIN, None, 1.0, details={**(details or {}), "reason": reason, "message": message}
+    )
