@@ -49,6 +49,9 @@ class SampledFrames:
     frames: list[np.ndarray]
     timestamps: list[float]
     path: Path | None = None  # the file decoded, for detectors that read the container itself
+    # The first frames of the video, consecutive, for detectors that measure motion between
+    # frames (``Detector.run_frames``); RGB uint8 like ``frames``.
+    run: list[np.ndarray] = field(default_factory=list)
 
     def subset(self, n: int) -> SampledFrames:
         """``n`` frames spread evenly over this sample (all of them when it holds fewer)."""
@@ -56,7 +59,11 @@ class SampledFrames:
             return self
         idx = np.linspace(0, len(self.frames) - 1, n).round().astype(int)
         return SampledFrames(
-            self.info, [self.frames[i] for i in idx], [self.timestamps[i] for i in idx], self.path
+            self.info,
+            [self.frames[i] for i in idx],
+            [self.timestamps[i] for i in idx],
+            self.path,
+            self.run,
         )
 
 
@@ -115,6 +122,12 @@ class Detector(ABC, Generic[ConfigT]):
     @abstractmethod
     def num_frames(self) -> int:
         """How many evenly spaced frames this detector wants from the shared decode."""
+
+    @property
+    def run_frames(self) -> int:
+        """How many consecutive frames from the start this detector wants (``SampledFrames.run``);
+        most want none."""
+        return 0
 
     @property
     @abstractmethod

@@ -29,17 +29,13 @@ from detectors.base import (
 from detectors.errors import DetectorError
 from detectors.faces import Face, FaceFinder
 from detectors.manifest import (
-    FROM_MANIFEST,
-    MANIFEST_NAME,
     Band,
     ManifestEntry,
-    ManifestError,
     OperatingPoint,
-    find_manifest,
     operating_point,
-    read_manifest,
+    resolve_weights,
 )
-from detectors.weights import WeightsError, load_checked
+from detectors.weights import load_checked
 
 KEY = "color-cues-lstm-v1"
 
@@ -266,28 +262,7 @@ class ColorCuesDetector(Detector[ColorCuesConfig]):
     def _load(self, model: ColorCuesNet) -> tuple[str, ManifestEntry | None]:
         """Load the configured checkpoint; returns its sha256 and its manifest entry, if any."""
         cfg = self.config
-        if cfg.weights == FROM_MANIFEST:
-            manifest_path = find_manifest(cfg.manifest)
-            entry = read_manifest(manifest_path).default_entry(KEY)
-            sha256 = load_checked(model, manifest_path.parent / entry.file)
-            if sha256 != entry.sha256:
-                raise WeightsError(
-                    f"{entry.file} has sha256 {sha256}, but {manifest_path} registered "
-                    f"{entry.sha256}: the file changed after its operating point was measured"
-                )
-            return sha256, entry
-        sha256 = load_checked(model, cfg.weights)
-        manifest_path = Path(cfg.manifest or Path(cfg.weights).parent / MANIFEST_NAME)
-        if cfg.manifest is None and not manifest_path.exists():
-            return sha256, None
-        try:
-            return sha256, read_manifest(manifest_path).by_sha256(KEY, sha256)
-        except ManifestError:
-            if cfg.manifest is not None:
-                raise
-            # A broken manifest someone else keeps beside the file must not stop a checkpoint
-            # that was named directly; it then runs on the configured threshold.
-            return sha256, None
+        return resolve_weights(KEY, cfg.weights, cfg.manifest, lambda p: load_checked(model, p))
 
     def prepare(self, frames: SampledFrames) -> ColorCuesInput | NoFace:
         """Face histograms of the sampled frames (frames without a face are skipped)."""

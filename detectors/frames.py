@@ -83,9 +83,10 @@ def probe(path: str | Path, limits: DecodeLimits) -> VideoInfo:
 
 
 def decode_sampled(
-    path: str | Path, num_frames: int, limits: DecodeLimits, max_side: int
+    path: str | Path, num_frames: int, limits: DecodeLimits, max_side: int, run: int = 0
 ) -> SampledFrames:
-    """Decode once, front to back, keeping ``num_frames`` frames evenly spaced in time.
+    """Decode once, front to back, keeping ``num_frames`` frames evenly spaced in time, and the
+    first ``run`` frames as they come (``SampledFrames.run``: consecutive, for motion cues).
 
     Target ``i`` lies at ``(i + 0.5) * duration / num_frames``; it takes the first frame shown
     at or after it. Fewer frames come back when the video holds fewer than ``num_frames``
@@ -96,7 +97,7 @@ def decode_sampled(
         raise ValueError("num_frames must be at least 1")
     path = Path(path)
     with opened(path, limits) as (container, stream, info, start_s), decode_errors(path):
-        sampled = _sample(container, stream, info, start_s, num_frames, limits, max_side)
+        sampled = _sample(container, stream, info, start_s, num_frames, limits, max_side, run)
     sampled.path = path
     return sampled
 
@@ -159,8 +160,10 @@ def _sample(
     n: int,
     limits: DecodeLimits,
     max_side: int,
+    run_length: int,
 ) -> SampledFrames:
     targets = _targets(info.duration_s, n)
+    run: list[np.ndarray] = []
     interval = 1.0 / info.fps if info.fps > 0 else info.duration_s / n
     frames: list[np.ndarray] = []
     timestamps: list[float] = []
@@ -186,6 +189,13 @@ def _sample(
                 raise TooManyPixels(_pixels_message(frame.width, frame.height, limits.max_pixels))
             t = frame_time(frame, decoded - 1, start_s, info.fps)
             last, last_kept = (frame, t), False
+            if len(run) < run_length:
+                run.append(to_rgb(frame, max_side))
+            if next_target == n:
+                # Every sample is taken; only the run still wants frames.
+                if len(run) >= run_length:
+                    break
+                continue
             if t + _TIME_EPS < targets[next_target]:
                 continue
             keep(frame, t)
@@ -193,7 +203,7 @@ def _sample(
             # A frame shown at t serves every target up to t; later targets need later frames.
             while next_target < n and targets[next_target] <= t + _TIME_EPS:
                 next_target += 1
-            if next_target == n:
+            if next_target == n and len(run) >= run_length:
                 break
     except (av.FFmpegError, ValueError, RuntimeError, EOFError) as exc:
         if isinstance(exc, MemoryError | OSError):
@@ -220,7 +230,7 @@ def _sample(
                 f"the video stream ends at {_time_str(last_t)} of {_time_str(info.duration_s)}; "
                 f"only {n - missing} of {n} sampled frames could be decoded"
             )
-    return SampledFrames(info, frames, timestamps)
+    return SampledFrames(info, frames, timestamps, run=run)
 
 
 def frame_time(frame: VideoFrame, index: int, start_s: float, fps: float) -> float:

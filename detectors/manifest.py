@@ -14,7 +14,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,23 @@ def _check_band(band: Band | None) -> Band | None:
     return band
 
 
+class HeldOut(BaseModel):
+    """How well the checkpoint ranked clips it never saw: reported with every verdict it makes,
+    so that a weak detector is never mistaken for a strong one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    roc_auc: float = Field(ge=0.0, le=1.0)
+    roc_auc_ci95: Band = Field(description="95% bootstrap interval over groups.")
+    clips: int = Field(ge=1, description="Held-out clips measured.")
+    report: str = Field(description="Where the measurement is written up.")
+
+    @property
+    def indistinguishable_from_chance(self) -> bool:
+        """The interval reaches down to 0.5 (or below): the ranking may be luck."""
+        return self.roc_auc_ci95[0] <= 0.5
+
+
 class ManifestEntry(BaseModel):
     """One checkpoint and the operating point measured for it."""
 
@@ -74,6 +91,7 @@ class ManifestEntry(BaseModel):
         None, description="Calibrated probabilities in [low, high] are answered UNCERTAIN."
     )
     calibration: Calibration | None = None
+    held_out: HeldOut | None = None
     card: str | None = Field(None, description="Model card, relative to the manifest's folder.")
     default: bool = Field(False, description="The entry that ``weights: manifest`` loads.")
     registered: str = Field(description="ISO date of registration.")
@@ -178,6 +196,7 @@ class OperatingPoint:
     uncertain_band: Band | None = None
     calibration: Calibration | None = None
     source: str = "config"  # "config", or the manifest entry's file
+    held_out: HeldOut | None = None
 
     def probability(self, raw: float) -> float:
         """The reported (calibrated, when a calibration exists) fake probability."""
@@ -197,6 +216,7 @@ class OperatingPoint:
             "uncertain_band": None if self.uncertain_band is None else list(self.uncertain_band),
             "calibration": None if self.calibration is None else self.calibration.model_dump(),
             "source": self.source,
+            "held_out": None if self.held_out is None else self.held_out.model_dump(mode="json"),
         }
 
 
@@ -218,4 +238,38 @@ def operating_point(
         ),
         calibration=entry.calibration,
         source=entry.file,
+        held_out=entry.held_out,
     )
+
+
+def resolve_weights(
+    key: str, weights: str, manifest: str | None, load: Callable[[Path], str]
+) -> tuple[str, ManifestEntry | None]:
+    """Load ``key``'s configured checkpoint with ``load(path) -> sha256``; returns the sha256 and
+    the manifest entry that carries its operating point, if any.
+
+    ``weights: manifest`` takes the key's default entry and insists the file still has the
+    registered sha256. A path takes the entry with its sha256 from ``manifest`` (or the manifest
+    beside the file, when there is one)."""
+    if weights == FROM_MANIFEST:
+        manifest_path = find_manifest(manifest)
+        entry = read_manifest(manifest_path).default_entry(key)
+        sha256 = load(manifest_path.parent / entry.file)
+        if sha256 != entry.sha256:
+            raise WeightsError(
+                f"{entry.file} has sha256 {sha256}, but {manifest_path} registered "
+                f"{entry.sha256}: the file changed after its operating point was measured"
+            )
+        return sha256, entry
+    sha256 = load(Path(weights))
+    manifest_path = Path(manifest or Path(weights).parent / MANIFEST_NAME)
+    if manifest is None and not manifest_path.exists():
+        return sha256, None
+    try:
+        return sha256, read_manifest(manifest_path).by_sha256(key, sha256)
+    except ManifestError:
+        if manifest is not None:
+            raise
+        # A broken manifest someone else keeps beside the file must not stop a checkpoint
+        # that was named directly; it then runs on the configured threshold.
+        return sha256, None

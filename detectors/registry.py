@@ -15,6 +15,7 @@ from detectors.errors import DetectorError
 _PLUGINS: dict[str, str] = {
     "c2pa-provenance": "detectors.provenance",
     "color-cues-lstm-v1": "detectors.color_cues",
+    "face-cues-v1": "detectors.face_cues",
     "siglip-lstm-v1": "detectors.siglip_lstm",
     "siglip-lstm-v3": "detectors.siglip_lstm",
 }

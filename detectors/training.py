@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from detectors.base import DetectorResult, VideoInfo
+from detectors.base import Detector, DetectorResult, VideoInfo
 from detectors.color_cues import (
     KEY,
     ColorCuesConfig,
@@ -50,7 +50,9 @@ from detectors.evaluation import (
     roc_auc,
     uncertain_band,
 )
-from detectors.manifest import Band, Calibration, ManifestEntry, register
+from detectors.face_cues import FaceCuesInput
+from detectors.face_cues import NoFace as FaceNoFace
+from detectors.manifest import Band, Calibration, HeldOut, ManifestEntry, register
 from detectors.weights import sha256_file
 
 LABELS = {"REAL": 0, "FAKE": 1}
@@ -266,7 +268,7 @@ class Failed:
     message: str
 
 
-Prepared = ColorCuesInput | NoFace | Failed
+Prepared = ColorCuesInput | NoFace | FaceCuesInput | FaceNoFace | Failed
 
 
 @dataclass(frozen=True)
@@ -310,8 +312,13 @@ class FeatureCache:
                     window_starts=tuple(int(s) for s in z["window_starts"]),
                     frames_sampled=int(meta["frames_sampled"]),
                 )
-            elif kind == "no_face":
-                prepared = NoFace(int(meta["frames_sampled"]), int(meta["frames_with_face"]))
+            elif kind == "cues":
+                prepared = FaceCuesInput(
+                    z["cues"], int(meta["frames_sampled"]), int(meta["frames_with_face"])
+                )
+            elif kind in ("no_face", "no_face_cues"):
+                no_face = NoFace if kind == "no_face" else FaceNoFace
+                prepared = no_face(int(meta["frames_sampled"]), int(meta["frames_with_face"]))
             else:
                 prepared = Failed(meta["code"], meta["message"])
         return Features(prepared, info)
@@ -330,9 +337,16 @@ class FeatureCache:
                 "timestamps": np.asarray(p.timestamps, dtype=np.float64),
                 "window_starts": np.asarray(p.window_starts, dtype=np.int64),
             }
-        elif isinstance(p, NoFace):
+        elif isinstance(p, FaceCuesInput):
             meta |= {
-                "kind": "no_face",
+                "kind": "cues",
+                "frames_sampled": p.frames_sampled,
+                "frames_with_face": p.frames_with_face,
+            }
+            arrays = {"cues": p.cues}
+        elif isinstance(p, NoFace | FaceNoFace):
+            meta |= {
+                "kind": "no_face" if isinstance(p, NoFace) else "no_face_cues",
                 "frames_sampled": p.frames_sampled,
                 "frames_with_face": p.frames_with_face,
             }
@@ -715,7 +729,7 @@ def split_file(card: Path) -> Path:
 
 
 def predict_prepared(
-    detector: ColorCuesDetector, items: Sequence[Prepared]
+    detector: Detector[Any], items: Sequence[Any]
 ) -> list[tuple[str, float | None]]:
     """(label, fake probability) of each prepared input through ``detector.predict``, the
     daemon's path; a failed preparation counts as ABSTAIN."""
@@ -806,7 +820,7 @@ def train_and_ship(
         calibration=calibrated.calibration,
         card=card.name,
         default=True,
-        registered=_today(),
+        registered=today(),
         detector_config=config.feature_settings() | network,
     )
     register(out / "manifest.json", entry)
@@ -832,6 +846,7 @@ def train_and_ship(
             seed=params.seed,
         ) | {"per_dataset": per_dataset(members, predictions)}
 
+    register(out / "manifest.json", with_held_out(entry, measured["test"]))
     report = {
         "detector": KEY,
         "checkpoint": checkpoint.name,
@@ -850,43 +865,60 @@ def train_and_ship(
         "counts": {s: label_counts(by_split[s]) for s in SPLITS},
         "groups": {s: len({c.group for c in by_split[s]}) for s in SPLITS},
         "unusable": {
-            c.file: _why_unusable(features[c.sha256].prepared)
+            c.file: why_unusable(features[c.sha256].prepared)
             for c in clips
             if not isinstance(features[c.sha256].prepared, ColorCuesInput)
         },
         "measured": measured,
-        "date": _today(),
+        "date": today(),
     }
-    _write_split_file(split_file(card), clips, splits, features, settings, params)
+    write_split_file(split_file(card), KEY, clips, splits, features, settings, params.seed)
     card.write_text(model_card(report))
     return report
 
 
-def _today() -> str:
+def with_held_out(entry: ManifestEntry, test: Mapping[str, Any]) -> ManifestEntry:
+    """``entry`` carrying the held-out ROC AUC of ``test`` (a ``binary_report``), when defined."""
+    auc = test["metrics"]["auc"]
+    low, high = auc["ci95"]
+    if auc["value"] is None or low is None or high is None:
+        return entry
+    held = HeldOut(
+        roc_auc=auc["value"], roc_auc_ci95=(low, high), clips=test["n"], report=entry.card or ""
+    )
+    return entry.model_copy(update={"held_out": held})
+
+
+def today() -> str:
     return dt.datetime.now(dt.UTC).date().isoformat()
 
 
-def _why_unusable(prepared: Prepared) -> str:
-    if isinstance(prepared, NoFace):
-        return f"no_face ({prepared.frames_with_face}/{prepared.frames_sampled} frames)"
+def why_unusable(prepared: Any) -> str:
+    """Why a clip's prepared input cannot train or be judged ("" when it can). Every detector's
+    no-face marker carries ``frames_with_face`` and ``frames_sampled``."""
     if isinstance(prepared, Failed):
         return prepared.code
+    if hasattr(prepared, "frames_with_face"):
+        return f"no_face ({prepared.frames_with_face}/{prepared.frames_sampled} frames)"
     return ""
 
 
-def _write_split_file(
+def write_split_file(
     path: Path,
+    key: str,
     clips: Sequence[Clip],
     splits: Sequence[Split],
     features: Mapping[str, Features],
     settings: ShipSettings,
-    params: TrainParams,
+    seed: int,
 ) -> None:
+    """The JSON side file of a model card: every clip, its group and split, and why it was
+    unusable."""
     doc = {
         "schema": "drishtiksha.training-split/1",
-        "detector": KEY,
+        "detector": key,
         "data": settings.data_source,
-        "seed": params.seed,
+        "seed": seed,
         "val_fraction": settings.val_fraction,
         "test_fraction": settings.test_fraction,
         "rule": GROUP_RULE,
@@ -898,7 +930,7 @@ def _write_split_file(
                 "dataset": c.dataset,
                 "group": c.group,
                 "split": s,
-                "unusable": _why_unusable(features[c.sha256].prepared) or None,
+                "unusable": why_unusable(features[c.sha256].prepared) or None,
             }
             for c, s in zip(clips, splits, strict=True)
         ],

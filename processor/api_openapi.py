@@ -176,7 +176,11 @@ def _schemas() -> dict[str, Any]:
         "model": _STR,
         "timestamp": _STR,
         "weights": {**_STR, "description": "sha256 of the weights that judged, or dummy."},
-        "warning": {**_STR, "description": "Present when the weights are dummy (random)."},
+        "warning": {
+            **_STR,
+            "description": "Present when the weights are dummy (random) or measured no better "
+            "than chance on held-out clips.",
+        },
     }
     detector_info = _obj(
         {

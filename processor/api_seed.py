@@ -23,6 +23,7 @@ from detectors.temporal import TemporalAnalysis, analyse
 from processor.api_common import STATE, ApiError, ApiState, io, iso, now_iso, wait_for_job
 from processor.api_native import render_result, video_response
 from processor.api_uploads import VIDEO_SUFFIX, Upload, check_video, enqueue, receive, upload_slot
+from processor.verdict import weights_warning
 from storage.queue import JobState, JobView, StoredResult
 
 # The older service's rolling window (its ``rolling_window_size``), in frames.
@@ -146,8 +147,9 @@ def _base(model: str, job: JobView, result: StoredResult) -> dict[str, Any]:
         # names the weights behind it, and random weights are never passed off as a verdict.
         "weights": result.weights_id,
     }
-    if result.weights_id == "dummy":
-        body["warning"] = "weights: dummy (random weights): this verdict means nothing"
+    warning = weights_warning([result])
+    if warning is not None:
+        body["warning"] = warning
     return body
 
 

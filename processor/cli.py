@@ -551,29 +551,39 @@ def train(
         Path, typer.Option(help="Per-epoch training state (for --resume).")
     ] = Path("var/cache/training"),
     workers: Annotated[int, typer.Option(help="Threads extracting features.")] = 2,
+    l2: Annotated[float, typer.Option(help="face-cues-v1: the regression's L2 penalty.")] = 3.0,
     config: ConfigOpt = None,
 ) -> None:
-    """Train a detector's head on labelled videos, calibrate it on a validation split, measure it
-    on a held-out split, and write checkpoint, model card and manifest entry to --out."""
+    """Train a detector (color-cues-lstm-v1's LSTM, or face-cues-v1's regression) on labelled
+    videos, calibrate it on a validation split, measure it on a held-out split, and write
+    weights, model card and manifest entry to --out."""
     from pydantic import ValidationError
 
+    from detectors import cue_training
     from detectors import training as tr
     from detectors.color_cues import KEY, ColorCuesConfig, ColorCuesDetector
+    from detectors.face_cues import KEY as FACE_KEY
+    from detectors.face_cues import FaceCuesConfig, FaceCuesDetector
 
     cfg = _config(config)
     setup_logging("WARNING", "text")
-    if detector != KEY:
-        err.print(f"error: only {KEY} can be trained so far, not {detector!r}")
+    trainable: dict[str, tuple[Any, Any]] = {
+        KEY: (ColorCuesConfig, ColorCuesDetector),
+        FACE_KEY: (FaceCuesConfig, FaceCuesDetector),
+    }
+    if detector not in trainable:
+        err.print(f"error: {detector!r} cannot be trained; these can: {', '.join(trainable)}")
         raise typer.Exit(2)
+    config_class, detector_class = trainable[detector]
     # The configured feature settings, with the weights and operating point left out: features
     # do not depend on them, and training must not need an existing checkpoint.
     section = {
         k: v
-        for k, v in cfg.detectors.get(KEY, {}).items()
+        for k, v in cfg.detectors.get(detector, {}).items()
         if k not in ("weights", "threshold", "uncertain_band", "manifest")
     }
     try:
-        det_cfg = ColorCuesConfig.model_validate(section)
+        det_cfg = config_class.model_validate(section)
         clips = tr.assign_groups(tr.load_clips(data))
         splits = tr.group_split(
             [c.label for c in clips], [c.group for c in clips], val_fraction, test_fraction, seed
@@ -590,11 +600,15 @@ def train(
     )
     command = (
         f"uv run drishtiksha train --detector {detector} --data {data} --out {out_dir}"
-        f" --seed {seed}"
-        f" --val-fraction {val_fraction} --test-fraction {test_fraction} --epochs {epochs}"
-        f" --patience {patience} --batch-size {batch_size} --learning-rate {learning_rate}"
+        f" --seed {seed} --val-fraction {val_fraction} --test-fraction {test_fraction}"
         f" --uncertain-fraction {uncertain_fraction}"
         + (f" --target-fpr {target_fpr}" if target_fpr is not None else "")
+        + (
+            f" --l2 {l2}"
+            if detector == FACE_KEY
+            else f" --epochs {epochs} --patience {patience} --batch-size {batch_size}"
+            f" --learning-rate {learning_rate}"
+        )
     )
     settings = tr.ShipSettings(
         out_dir=out_dir,
@@ -606,14 +620,28 @@ def train(
         target_fpr=target_fpr,
         uncertain_fraction=uncertain_fraction,
     )
-    extractor = ColorCuesDetector(det_cfg)
+    extractor = detector_class(det_cfg)
     extractor.setup("cpu")
     pipeline, cache = _feature_source(cfg, extractor, cache_dir)
     with Progress(console=err) as progress:
         task = progress.add_task("features", total=len(clips))
         features = tr.extract_features(
-            clips, cache, _preparer(pipeline, KEY), workers, lambda: progress.advance(task)
+            clips, cache, _preparer(pipeline, detector), workers, lambda: progress.advance(task)
         )
+        if detector == FACE_KEY:
+            try:
+                report = cue_training.train_and_ship(
+                    clips, splits, features, det_cfg, cue_training.FitParams(l2=l2), settings, seed
+                )
+            except tr.DatasetError as exc:
+                err.print(f"error: {exc}", highlight=False)
+                raise typer.Exit(2) from exc
+            out.print(
+                f"wrote {out_dir / report['checkpoint']} (sha256 {report['sha256'][:12]}), "
+                f"{out_dir / (FACE_KEY + '.md')}, {out_dir / 'manifest.json'}"
+            )
+            _print_reports({"test (held out)": report["measured"]["test"]})
+            return
         fit = progress.add_task("training", total=epochs)
 
         def on_epoch(record: dict[str, float]) -> None:
@@ -813,6 +841,7 @@ def _evaluate(
     from detectors.base import DetectorResult
     from detectors.color_cues import ColorCuesDetector
     from detectors.errors import DetectorError
+    from detectors.face_cues import FaceCuesDetector
     from detectors.training import Failed, FeatureCache, Features
     from processor.daemon import decode_limits
     from processor.pipeline import Pipeline, PreparedVideo
@@ -820,7 +849,8 @@ def _evaluate(
     pipeline = Pipeline(built, decode_limits(cfg), cfg.decode.max_side)
     keys = list(built)
     cache: FeatureCache | None = None
-    if cache_dir is not None and len(keys) == 1 and isinstance(built[keys[0]], ColorCuesDetector):
+    cacheable = (ColorCuesDetector, FaceCuesDetector)
+    if cache_dir is not None and len(keys) == 1 and isinstance(built[keys[0]], cacheable):
         cache = _feature_source(cfg, built[keys[0]], cache_dir)[1]
     results: list[dict[str, _Vote]] = [{} for _ in clips]
     pending: list[tuple[int, PreparedVideo]] = []

@@ -162,8 +162,9 @@ class ApiConfig(_Section):
         "job as it stands.",
     )
     default_model: str = Field(
-        "color-cues-lstm-v1",
-        description="Detector for /analyze* when ?model= is absent; must be one an inbox uses.",
+        "",
+        description="Detector for /analyze* when ?model= is absent; must be one an inbox uses "
+        "(empty: the first inbox's first detector).",
     )
     analyze_priority: int = Field(
         100, description="Queue priority of /analyze* jobs: a client is waiting on them."
@@ -285,7 +286,7 @@ class Config(_Section):
     cpu_threads: int = Field(0, ge=0, description="torch threads on CPU; 0 keeps torch's choice.")
     inboxes: list[InboxConfig] = Field(default_factory=lambda: [InboxConfig()])
     detectors: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {"color-cues-lstm-v1": {"weights": "dummy"}, "c2pa-provenance": {}},
+        default_factory=lambda: {"face-cues-v1": {"weights": "manifest"}, "c2pa-provenance": {}},
         description="Per-detector settings by key; each detector validates its own section.",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -306,6 +307,8 @@ class Config(_Section):
         for source in sources:
             if not source.detectors:
                 source.detectors = list(self.detectors)
+        if not self.api.default_model and self.inboxes:
+            self.api.default_model = self.inboxes[0].detectors[0]
         names = [inbox.name for inbox in self.inboxes]
         if len(set(names)) != len(names):
             raise ValueError(f"inbox names must be unique, got {names}")

@@ -62,7 +62,13 @@ class Pipeline:
         a detector's own permanent error is kept per detector."""
         wanted = [self.detectors[k] for k in keys]
         start = time.perf_counter()
-        frames = decode_sampled(path, max(d.num_frames for d in wanted), self.limits, self.max_side)
+        frames = decode_sampled(
+            path,
+            max(d.num_frames for d in wanted),
+            self.limits,
+            self.max_side,
+            max(d.run_frames for d in wanted),
+        )
         prepared = PreparedVideo(path, frames.info, decode_s=time.perf_counter() - start)
         for key, det in zip(keys, wanted, strict=True):
             start = time.perf_counter()

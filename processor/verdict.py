@@ -118,6 +118,27 @@ def _times(job: JobView) -> dict[str, dt.datetime | None]:
     return {"created": job.created_at, "started": job.started_at, "finished": job.finished_at}
 
 
+def weights_warning(results: Sequence[StoredResult]) -> str | None:
+    """What a reader must know about the weights behind these results, or None: dummy weights
+    mean nothing, and weights whose held-out ROC AUC interval reaches chance are a weak hint."""
+    notes = []
+    dummy = sorted(r.detector for r in results if r.weights_id == "dummy")
+    if dummy:
+        notes.append(
+            f"weights: dummy for {', '.join(dummy)}: random weights, this verdict means nothing"
+        )
+    for r in results:
+        held = (r.details.get("operating_point") or {}).get("held_out")
+        if held and held["roc_auc_ci95"][0] <= 0.5:
+            low, high = held["roc_auc_ci95"]
+            notes.append(
+                f"{r.detector} measured ROC AUC {held['roc_auc']:.2f} [{low:.2f}, {high:.2f}] on "
+                f"{held['clips']} held-out clips: not distinguishable from chance, a weak hint "
+                "at best"
+            )
+    return "; ".join(notes) or None
+
+
 def job_verdict(job: JobView) -> dict[str, Any] | None:
     """A job's overall verdict as stored when it finished; None unless it is done."""
     return job.verdict if job.state is JobState.DONE else None
@@ -125,7 +146,6 @@ def job_verdict(job: JobView) -> dict[str, Any] | None:
 
 def verdict_document(job: JobView, video: VideoView | None, file: Path) -> dict[str, Any]:
     """The .verdict.json for a done job."""
-    dummy = sorted(r.detector for r in job.results if r.weights_id == "dummy")
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "file": file.name,
@@ -138,10 +158,9 @@ def verdict_document(job: JobView, video: VideoView | None, file: Path) -> dict[
         "video": video_document(video),
         "timestamps": _times(job),
     }
-    if dummy:
-        doc["warning"] = (
-            f"weights: dummy for {', '.join(dummy)}: random weights, this verdict means nothing"
-        )
+    warning = weights_warning(job.results)
+    if warning is not None:
+        doc["warning"] = warning
     return doc
 
 

@@ -130,6 +130,8 @@ def _config(world: World, url: str, tmp_path: Path, **overrides: Any) -> SqsSour
         "work": tmp_path / "work-s3",
         "wait_time_s": 0,
         "suffixes": [".mp4"],
+        # Given here: a whole Config fills an empty list with every configured detector.
+        "detectors": ["color-cues-lstm-v1"],
     }
     return SqsSourceConfig.model_validate({**fields, **overrides})
 
@@ -369,6 +371,7 @@ async def test_daemon_ingests_from_sqs(aws: str, database_url: str, tmp_path: Pa
         "database": {"url": database_url},
         "inboxes": [{"path": str(tmp_path / "inbox"), "work": str(tmp_path / "work")}],
         "api": {"enabled": False},
+        "detectors": {"color-cues-lstm-v1": {"weights": "dummy"}},
         "sqs": [_config(world, aws, tmp_path, wait_time_s=1).model_dump(mode="json")],
     }
     config = Config.model_validate(raw).resolved(tmp_path)
@@ -392,5 +395,5 @@ def test_sqs_detectors_need_a_section() -> None:
     source = {"name": "s", "queue_url": "https://sqs.example/q", "detectors": ["nope"]}
     with pytest.raises(ValidationError, match="sqs source 's' uses detectors"):
         Config.model_validate({"sqs": [source]})
-    ok = Config.model_validate({"sqs": [{**source, "detectors": ["color-cues-lstm-v1"]}]})
+    ok = Config.model_validate({"sqs": [{**source, "detectors": ["c2pa-provenance"]}]})
     assert ok.resolved(Path("/srv")).sqs[0].work == Path("/srv/var/work-s3")

@@ -18,7 +18,9 @@ def test_embedded_defaults_when_no_file_resolve_against_the_start_directory(tmp_
     assert inbox.done == tmp_path / "var" / "done"
     assert cfg.api.port == 8000
     # An inbox that names no detectors uses every configured one.
-    assert inbox.detectors == list(cfg.detectors) == ["color-cues-lstm-v1", "c2pa-provenance"]
+    assert inbox.detectors == list(cfg.detectors) == ["face-cues-v1", "c2pa-provenance"]
+    assert cfg.detectors["face-cues-v1"] == {"weights": "manifest"}
+    assert cfg.api.default_model == "face-cues-v1"  # the first inbox's first detector
 
 
 def test_sources_without_detectors_take_every_configured_one(tmp_path: Path) -> None:
@@ -36,8 +38,12 @@ def test_sources_without_detectors_take_every_configured_one(tmp_path: Path) -> 
 def test_the_shipped_default_file_is_valid() -> None:
     root = Path(__file__).resolve().parents[2]
     cfg = load_config(root / "configs" / "default.yaml", environ={}, base=root)
-    assert cfg.detectors["color-cues-lstm-v1"]["weights"] == "dummy"
-    assert build_detectors(cfg, cfg.all_detector_keys())
+    assert cfg.detectors["face-cues-v1"]["weights"] == "manifest"
+    built = build_detectors(cfg, cfg.all_detector_keys())
+    # The shipped weights load, with the operating point measured for them.
+    built["face-cues-v1"].setup("cpu")
+    assert built["face-cues-v1"].weights_id != "dummy"
+    assert built["face-cues-v1"].operating.held_out is not None
 
 
 def test_environment_overrides_nested_keys(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from detectors.errors import (
     TooManyPixels,
     TransientError,
 )
-from detectors.frames import DecodeLimits, decode_by_seeking, decode_sampled, probe
+from detectors.frames import DecodeLimits, decode_by_seeking, decode_sampled, probe, to_rgb
 from tests.media import make_audio_only, make_text_as_mp4, make_truncated, make_video
 
 LIMITS = DecodeLimits(
@@ -61,6 +61,18 @@ def test_samples_are_evenly_spread_in_time(h264: Path) -> None:
         # The first frame at or after the target: at most one frame interval late.
         assert target - 1e-6 <= t < target + 1 / 30
     assert all(f.dtype == np.uint8 and f.shape == (240, 320, 3) for f in sample.frames)
+
+
+@pytest.mark.parametrize("samples", [1, 8])
+def test_run_holds_the_first_frames_in_order(h264: Path, samples: int) -> None:
+    """The run outlasts the samples when one sample lies before its end (1 sample: at 1 s)."""
+    sample = decode_sampled(h264, samples, LIMITS, max_side=160, run=40)
+    with av.open(str(h264)) as container:
+        first = [to_rgb(f, 160) for f, _ in zip(container.decode(video=0), range(40), strict=False)]
+    assert len(sample.run) == 40
+    assert all(np.array_equal(a, b) for a, b in zip(sample.run, first, strict=True))
+    assert len(sample.frames) == samples
+    assert decode_sampled(h264, samples, LIMITS, max_side=160).run == []
 
 
 def test_short_video_gives_each_frame_once(h264: Path) -> None:

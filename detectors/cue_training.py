@@ -1,0 +1,277 @@
+"""Training ``face-cues-v1``: fit the logistic regression on the train split, calibrate on val,
+measure on the held-out test split through the detector's own ``predict``, ship weights, model
+card and manifest entry. Clips, groups, splits and the feature cache are ``detectors.training``'s,
+so both trainable detectors split the same data the same way."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detectors.evaluation import binary_report
+from detectors.face_cues import (
+    CUES,
+    KEY,
+    CueModel,
+    FaceCuesConfig,
+    FaceCuesDetector,
+    FaceCuesInput,
+)
+from detectors.manifest import ManifestEntry, register
+from detectors.training import (
+    GROUP_RULE,
+    SPLITS,
+    Calibrated,
+    Clip,
+    DatasetError,
+    Features,
+    ShipSettings,
+    Split,
+    calibrate,
+    dataset_table,
+    label_counts,
+    metrics_table,
+    per_dataset,
+    predict_prepared,
+    split_file,
+    today,
+    why_unusable,
+    with_held_out,
+    write_split_file,
+)
+from detectors.weights import sha256_file
+
+
+@dataclass(frozen=True)
+class FitParams:
+    """The regression's settings: fixed in advance, not searched on any split."""
+
+    l2: float = 3.0
+    steps: int = 3000
+    learning_rate: float = 0.1
+
+
+def fit_logistic(cues: np.ndarray, labels: np.ndarray, params: FitParams) -> CueModel:
+    """Standardise on these clips, then full-batch gradient descent on the L2-penalised log
+    loss from zero: deterministic, no seed needed."""
+    if len(np.unique(labels)) != 2:
+        raise DatasetError("training needs clips of both labels with usable cues")
+    mean = cues.mean(0)
+    scale = cues.std(0)
+    scale[scale < 1e-9] = 1.0  # a constant cue carries nothing; keep it harmless
+    x = (cues - mean) / scale
+    coef = np.zeros(x.shape[1])
+    intercept = 0.0
+    n = len(labels)
+    for _ in range(params.steps):
+        p = 1.0 / (1.0 + np.exp(-(x @ coef + intercept)))
+        coef -= params.learning_rate * (x.T @ (p - labels) / n + params.l2 * coef / n)
+        intercept -= params.learning_rate * float((p - labels).mean())
+    return CueModel(mean, scale, coef, intercept)
+
+
+def train_and_ship(
+    clips: Sequence[Clip],
+    splits: Sequence[Split],
+    features: Mapping[str, Features],
+    config: FaceCuesConfig,
+    params: FitParams,
+    settings: ShipSettings,
+    seed: int,
+) -> dict[str, Any]:
+    """The whole run; returns the report the model card shows."""
+    by_split: dict[Split, list[Clip]] = {s: [] for s in SPLITS}
+    for clip, split in zip(clips, splits, strict=True):
+        by_split[split].append(clip)
+
+    def usable(split: Split) -> tuple[np.ndarray, np.ndarray]:
+        rows = [
+            (prepared.cues, c.label)
+            for c in by_split[split]
+            if isinstance(prepared := features[c.sha256].prepared, FaceCuesInput)
+        ]
+        if not rows:
+            raise DatasetError(f"no clip of the {split} split has usable cues")
+        return np.stack([r[0] for r in rows]), np.array([r[1] for r in rows], dtype=np.float64)
+
+    train_x, train_y = usable("train")
+    model = fit_logistic(train_x, train_y, params)
+    out = settings.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / f"{KEY}.json"
+    card = out / f"{KEY}.md"
+    weights.write_text(json.dumps(model.to_json(), indent=1) + "\n")
+
+    val_x, val_y = usable("val")
+    val_raw = 1.0 / (1.0 + np.exp(-model.logits(val_x)))
+    calibrated = calibrate(
+        [int(v) for v in val_y], val_raw, settings.target_fpr, settings.uncertain_fraction
+    )
+    entry = ManifestEntry(
+        detector=KEY,
+        file=weights.name,
+        sha256=sha256_file(weights),
+        threshold=calibrated.threshold,
+        uncertain_band=calibrated.uncertain_band,
+        calibration=calibrated.calibration,
+        card=card.name,
+        default=True,
+        registered=today(),
+        detector_config=config.feature_settings(),
+    )
+    register(out / "manifest.json", entry)
+
+    # Measured the way the daemon runs it: weights and operating point loaded from the
+    # manifest by sha256, the cached prepared inputs through predict.
+    detector = FaceCuesDetector(
+        FaceCuesConfig.model_validate(config.feature_settings() | {"weights": str(weights)})
+    )
+    detector.setup("cpu")
+    measured: dict[str, Any] = {}
+    for split in ("val", "test"):
+        members = by_split[split]
+        predictions = predict_prepared(detector, [features[c.sha256].prepared for c in members])
+        measured[split] = binary_report(
+            [c.label for c in members],
+            [p for _, p in predictions],
+            [label for label, _ in predictions],
+            groups=[c.group for c in members],
+            resamples=settings.resamples,
+            seed=seed,
+        ) | {"per_dataset": per_dataset(members, predictions)}
+    register(out / "manifest.json", with_held_out(entry, measured["test"]))
+
+    report = {
+        "detector": KEY,
+        "checkpoint": weights.name,
+        "sha256": entry.sha256,
+        "settings": settings,
+        "params": params,
+        "seed": seed,
+        "model": model,
+        "train_clips": len(train_y),
+        "operating_point": calibrated,
+        "counts": {s: label_counts(by_split[s]) for s in SPLITS},
+        "groups": {s: len({c.group for c in by_split[s]}) for s in SPLITS},
+        "unusable": {
+            c.file: why_unusable(features[c.sha256].prepared)
+            for c in clips
+            if not isinstance(features[c.sha256].prepared, FaceCuesInput)
+        },
+        "measured": measured,
+        "date": today(),
+    }
+    write_split_file(split_file(card), KEY, clips, splits, features, settings, seed)
+    card.write_text(model_card(report))
+    return report
+
+
+def model_card(report: Mapping[str, Any]) -> str:
+    """The model card (markdown) of a ``train_and_ship`` report."""
+    settings: ShipSettings = report["settings"]
+    params: FitParams = report["params"]
+    model: CueModel = report["model"]
+    op: Calibrated = report["operating_point"]
+    test, val = report["measured"]["test"], report["measured"]["val"]
+    band = "none" if op.uncertain_band is None else "[{:.4f}, {:.4f}]".format(*op.uncertain_band)
+    counts = report["counts"]
+    datasets = sorted({d for s in SPLITS for d in counts[s]})
+    count_rows = "\n".join(
+        f"| {d} | "
+        + " | ".join(
+            f"{counts[s].get(d, {}).get('REAL', 0)} / {counts[s].get(d, {}).get('FAKE', 0)}"
+            for s in SPLITS
+        )
+        + " |"
+        for d in datasets
+    )
+    coef_rows = "\n".join(
+        f"| `{name}` | {m:.4g} | {s:.4g} | {c:+.3f} |"
+        for name, m, s, c in zip(CUES, model.mean, model.scale, model.coef, strict=True)
+    )
+    unusable = "\n".join(f"- `{f}`: {why}" for f, why in sorted(report["unusable"].items()))
+    return f"""# Model card: {report["detector"]} (`{report["checkpoint"]}`)
+
+sha256 `{report["sha256"]}`. Trained {report["date"]} by `drishtiksha train`; code version
+`{settings.code_version}`.
+
+Command:
+
+```sh
+{settings.command}
+```
+
+## What it is
+
+Twelve cues of the face measured over the first frames of a clip (`detectors/face_cues.py`:
+detail, colour seams, landmark motion, mouth motion, light), standardised and weighed by a
+logistic regression. The weights file is JSON: per cue the training mean and scale and one
+coefficient, plus an intercept. Every verdict lists each cue and its share of the logit.
+
+| cue | mean | scale | coefficient |
+|---|---|---|---|
+{coef_rows}
+
+Intercept {model.intercept:+.3f}. Fit: L2-penalised log loss (l2 {params.l2}), full-batch
+gradient descent ({params.steps} steps, rate {params.learning_rate}) from zero on the
+{report["train_clips"]} usable training clips; the settings were fixed before any split was
+scored.
+
+## Training data
+
+From `{settings.data_source}`. Clips per split, REAL / FAKE:
+
+| dataset | train | val | test |
+|---|---|---|---|
+{count_rows}
+
+Groups per split: train {report["groups"]["train"]}, val {report["groups"]["val"]}, test
+{report["groups"]["test"]}. Every clip, its sha256, group and split:
+`{split_file(Path(report["checkpoint"]).with_suffix(".md")).name}`.
+
+Clips without usable cues (left out of training; ABSTAIN in evaluation):
+
+{unusable or "- none"}
+
+### Split rule
+
+{GROUP_RULE} Seed {report["seed"]}; target fractions val {settings.val_fraction:.2f}, test
+{settings.test_fraction:.2f} per label (the same split as color-cues-lstm-v1 with the same seed).
+
+## Operating point (chosen on the validation split only)
+
+- Calibration: Platt scaling, a = {op.calibration.a:.4f}, b = {op.calibration.b:.4f}.
+- Threshold: {op.threshold:.4f}, chosen at the {op.rule}.
+- UNCERTAIN band: {band}.
+
+## Held-out test split
+
+{test["n"]} clips ({test["n_real"]} REAL, {test["n_fake"]} FAKE) from groups never seen in
+training or validation; {test["n_scored"]} scored, {test["n_decided"]} decided. 95% intervals:
+percentile bootstrap over groups ({settings.resamples} resamples, seed {report["seed"]}).
+
+{metrics_table(test)}
+
+Per source dataset (test split):
+
+{dataset_table(test["per_dataset"])}
+
+Validation split (used for the operating point, so optimistic):
+
+{metrics_table(val)}
+
+## Limitations
+
+- About a hundred clips from a few dozen sources: the interval is wide, and other splits of
+  the same clips score lower (see docs/accuracy.md). A measured baseline, not a validated
+  product.
+- The cues read the first {FaceCuesConfig().run_frames} frames only; a clip whose face appears
+  later is not judged (ABSTAIN, no_face).
+- Cues of sharpness and motion also follow resolution and compression: a heavily recompressed
+  real clip can look "repainted".
+"""

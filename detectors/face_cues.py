@@ -1,0 +1,517 @@
+"""``face-cues-v1``: twelve measured cues of the face over the first frames, weighed by a
+logistic regression.
+
+Talking-head generators and face swaps repaint the face, above all the mouth, and drive it with
+a model of motion. What that leaves, and what the cues measure over a run of consecutive frames:
+
+- detail: the mouth's sharpness against the eyes' (and its steadiness), the inner face's
+  against the whole frame (repainted faces come out softer than their surroundings);
+- colour: the gap in chroma and luma between the cheeks and a ring around the face (blending
+  seams), and how much the chroma gap wanders;
+- motion: landmark jerk (second differences, in inter-ocular units; generated motion is
+  smoother than a camera's), jerk relative to speed, and how much the mouth moves against the
+  eyes and the inner face (lip-sync models move the mouth alone);
+- light: whether the face's brightness follows the background's from frame to frame;
+- how many of the frames show a face at all.
+
+Each cue is a number per clip, so the model is a standardisation and one weight per cue: small
+enough to train on a few hundred clips, and readable (``details.cues`` reports every cue and
+its contribution). The weights file is JSON; its sha256 is the weights id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+from pydantic import Field, field_validator
+
+from detectors.base import (
+    Detector,
+    DetectorConfig,
+    DetectorResult,
+    Label,
+    NetworkConfig,
+    SampledFrames,
+)
+from detectors.errors import DetectorError
+from detectors.faces import Face, FaceFinder
+from detectors.manifest import Band, ManifestEntry, OperatingPoint, operating_point, resolve_weights
+from detectors.weights import WeightsError, WeightsUnreadable
+
+KEY = "face-cues-v1"
+SCHEMA = "drishtiksha.face-cues-weights/1"
+
+CUES = (
+    "mouth_eye_sharpness",
+    "mouth_eye_sharpness_sd",
+    "face_frame_sharpness",
+    "chroma_gap",
+    "chroma_gap_sd",
+    "luma_gap",
+    "landmark_jerk",
+    "landmark_jerk_ratio",
+    "mouth_vs_eye_motion",
+    "mouth_vs_inner_motion",
+    "light_following",
+    "face_fraction",
+)
+
+# dlib's 68-point layout.
+_EYES = slice(36, 48)
+_LEFT_EYE, _RIGHT_EYE = slice(36, 42), slice(42, 48)
+_MOUTH = slice(48, 68)
+_EPS = 1e-6
+
+
+class FaceCuesConfig(NetworkConfig):
+    """Settings of ``face-cues-v1``."""
+
+    num_frames: int = Field(
+        1, ge=1, description="Evenly spaced frames wanted from the shared decode (unused)."
+    )
+    run_frames: int = Field(
+        48, ge=8, description="Consecutive frames from the start that the cues are measured on."
+    )
+    min_faces: int = Field(
+        8, ge=3, description="Abstain (no_face) when fewer of the run's frames show a face."
+    )
+    analysis_max_side: int = Field(
+        960, ge=128, description="Frames are measured at most this large (longest side)."
+    )
+    face_detect_max_side: int = Field(
+        640, ge=64, description="Longest side of the copy faces are searched on."
+    )
+    face_upsample: int = Field(
+        0, ge=0, le=2, description="dlib upsampling passes; each finds smaller faces, 4x cost."
+    )
+    uncertain_band: Band | None = Field(
+        None,
+        description="Fake probabilities in [low, high] are answered UNCERTAIN. When written "
+        "here it overrides the weights manifest's band (null: no band).",
+    )
+    manifest: str | None = Field(
+        None, description="Weights manifest to read (as for color-cues-lstm-v1)."
+    )
+
+    @field_validator("uncertain_band")
+    @classmethod
+    def _ordered_band(cls, band: Band | None) -> Band | None:
+        if band is not None and not 0.0 <= band[0] <= band[1] <= 1.0:
+            raise ValueError("must be [low, high] with 0 <= low <= high <= 1")
+        return band
+
+    def feature_settings(self) -> dict[str, Any]:
+        """The settings that shape ``prepare``'s output (the training feature cache keys on
+        them)."""
+        return self.model_dump(
+            include={
+                "run_frames",
+                "min_faces",
+                "analysis_max_side",
+                "face_detect_max_side",
+                "face_upsample",
+            }
+        )
+
+
+@dataclass(frozen=True)
+class FaceCuesInput:
+    """One clip's cues, in ``CUES`` order."""
+
+    cues: np.ndarray  # (len(CUES),) float64
+    frames_sampled: int
+    frames_with_face: int
+
+
+@dataclass(frozen=True)
+class NoFace:
+    """Too few faces in the run to measure anything: predict abstains."""
+
+    frames_sampled: int
+    frames_with_face: int
+
+
+@dataclass(frozen=True)
+class CueModel:
+    """Standardisation and logistic regression over ``CUES``."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+
+    def logits(self, cues: np.ndarray) -> np.ndarray:
+        """Cues (n, len(CUES)) -> logits (n,)."""
+        out: np.ndarray = ((cues - self.mean) / self.scale) @ self.coef + self.intercept
+        return out
+
+    def contributions(self, cues: np.ndarray) -> np.ndarray:
+        """Each cue's share of one clip's logit (without the intercept)."""
+        out: np.ndarray = (cues - self.mean) / self.scale * self.coef
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "cues": list(CUES),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any, source: str) -> CueModel:
+        """Parse a weights document; ``WeightsError`` names what is wrong."""
+        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+            raise WeightsError(f"{source}: not a {KEY} weights file (schema {SCHEMA})")
+        if doc.get("cues") != list(CUES):
+            raise WeightsError(f"{source}: cues {doc.get('cues')} differ from {list(CUES)}")
+        arrays = {}
+        for name in ("mean", "scale", "coef"):
+            value = np.asarray(doc.get(name), dtype=np.float64)
+            if value.shape != (len(CUES),) or not np.isfinite(value).all():
+                raise WeightsError(f"{source}: {name} must be {len(CUES)} finite numbers")
+            arrays[name] = value
+        if (arrays["scale"] <= 0).any():
+            raise WeightsError(f"{source}: scale must be positive")
+        intercept = doc.get("intercept")
+        if not isinstance(intercept, int | float) or not np.isfinite(intercept):
+            raise WeightsError(f"{source}: intercept must be a finite number")
+        return cls(arrays["mean"], arrays["scale"], arrays["coef"], float(intercept))
+
+
+def read_weights(path: str | Path) -> tuple[CueModel, str]:
+    """A weights file and its sha256."""
+    try:
+        raw = Path(path).read_bytes()
+        doc = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        raise WeightsUnreadable(f"cannot read {path}: {exc}") from exc
+    return CueModel.from_json(doc, str(path)), hashlib.sha256(raw).hexdigest()
+
+
+def dummy_model(seed: int) -> CueModel:
+    """Seeded random weights over unit-scaled cues: for benchmarks and smoke runs only."""
+    rng = np.random.default_rng(seed)
+    n = len(CUES)
+    return CueModel(np.zeros(n), np.ones(n), rng.normal(0.0, 0.5, n), 0.0)
+
+
+# --- the cues ----------------------------------------------------------------------------------
+
+
+def _box(points: np.ndarray, pad: float, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    x0, y0 = points.min(0)
+    x1, y1 = points.max(0)
+    dx, dy = (x1 - x0) * pad, (y1 - y0) * pad
+    return (
+        int(max(0, x0 - dx)),
+        int(max(0, y0 - dy)),
+        int(min(shape[1] - 1, x1 + dx)),
+        int(min(shape[0] - 1, y1 + dy)),
+    )
+
+
+def _patch(gray: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int]) -> Any:
+    left, top, right, bottom = box
+    if right - left < 4 or bottom - top < 4:
+        return None
+    return cv2.resize(gray[top:bottom, left:right], size, interpolation=cv2.INTER_AREA).astype(
+        np.float32
+    )
+
+
+def _sharpness(patch: np.ndarray) -> float:
+    return float(cv2.Laplacian(patch, cv2.CV_32F).var()) + _EPS
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """What one frame with a face contributes."""
+
+    mouth: np.ndarray
+    eyes: np.ndarray
+    inner: np.ndarray
+    landmarks: np.ndarray  # centred, in inter-ocular units
+    mouth_eye: float
+    face_frame: float
+    chroma_gap: float
+    luma_gap: float
+    face_luma: float
+    background_luma: float
+
+
+def _measure(rgb: np.ndarray, face: Face) -> _Frame | None:
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    points = face.landmarks.astype(np.float32)
+    mouth = _patch(gray, _box(points[_MOUTH], 0.2, gray.shape), (64, 32))
+    eyes = _patch(gray, _box(points[_EYES], 0.2, gray.shape), (96, 24))
+    left, top, right, bottom = face.box
+    width, height = right - left, bottom - top
+    if mouth is None or eyes is None or width < 20 or height < 20:
+        return None
+    inner_box = (left + width // 6, top + height // 4, right - width // 6, bottom - height // 8)
+    inner = _patch(gray, inner_box, (64, 64))
+    if inner is None:
+        return None
+    rows, cols = gray.shape
+    frame_small = cv2.resize(
+        gray, (128, max(1, round(128 * rows / cols))), interpolation=cv2.INTER_AREA
+    ).astype(np.float32)
+    outside = np.ones(gray.shape, bool)
+    outside[top:bottom, left:right] = False
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    cheeks = lab[top + height // 3 : top + 2 * height // 3, left + width // 4 : right - width // 4]
+    ring_box = (
+        max(0, left - width // 6),
+        max(0, top - height // 6),
+        min(cols, right + width // 6),
+        min(rows, bottom + height // 6),
+    )
+    # The ring: inside the face box widened by a sixth on each side, outside the face box.
+    ring = outside[ring_box[1] : ring_box[3], ring_box[0] : ring_box[2]]
+    ring_pixels = lab[ring_box[1] : ring_box[3], ring_box[0] : ring_box[2]][ring]
+    cheek_mean = cheeks.reshape(-1, 3).mean(0)
+    ring_mean = ring_pixels.mean(0) if len(ring_pixels) else cheek_mean
+    eye_gap = np.linalg.norm(points[_LEFT_EYE].mean(0) - points[_RIGHT_EYE].mean(0)) + _EPS
+    return _Frame(
+        mouth=mouth,
+        eyes=eyes,
+        inner=inner,
+        landmarks=(points - points.mean(0)) / eye_gap,
+        mouth_eye=float(np.log(_sharpness(mouth) / _sharpness(eyes))),
+        face_frame=float(np.log(_sharpness(inner) / _sharpness(frame_small))),
+        chroma_gap=float(np.linalg.norm(cheek_mean[1:] - ring_mean[1:])),
+        luma_gap=float(cheek_mean[0] - ring_mean[0]),
+        face_luma=float(inner.mean()),
+        background_luma=float(gray[outside].mean()) if outside.any() else float(gray.mean()),
+    )
+
+
+def _motion(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).mean())
+
+
+def _following(face: np.ndarray, background: np.ndarray) -> float:
+    """Correlation of frame-to-frame brightness changes of face and background (0 if flat)."""
+    df, db = np.diff(face), np.diff(background)
+    if len(df) < 3 or df.std() < _EPS or db.std() < _EPS:
+        return 0.0
+    return float(np.corrcoef(df, db)[0, 1])
+
+
+def measure_cues(
+    run: Sequence[np.ndarray], finder: FaceFinder, max_side: int
+) -> FaceCuesInput | NoFace:
+    """The cues of one run of consecutive RGB frames (``CUES`` order)."""
+    frames: list[_Frame] = []
+    pairs: list[tuple[float, float, float]] = []  # mouth, eyes, inner motion of adjacent frames
+    previous: _Frame | None = None
+    for rgb in run:
+        rows, cols = rgb.shape[:2]
+        scale = min(1.0, max_side / max(rows, cols))
+        if scale < 1.0:
+            size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
+            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        face = finder.find(rgb)
+        measured = _measure(rgb, face) if face is not None else None
+        if measured is None:
+            previous = None
+            continue
+        if previous is not None:
+            pairs.append(
+                (
+                    _motion(measured.mouth, previous.mouth),
+                    _motion(measured.eyes, previous.eyes),
+                    _motion(measured.inner, previous.inner),
+                )
+            )
+        frames.append(measured)
+        previous = measured
+    if len(frames) < 3:
+        return NoFace(len(run), len(frames))
+    marks = np.stack([f.landmarks for f in frames])
+    jerk = float(np.median(np.abs(marks[2:] - 2 * marks[1:-1] + marks[:-2]).mean(axis=(1, 2))))
+    speed = float(np.median(np.abs(marks[1:] - marks[:-1]).mean(axis=(1, 2))))
+    motion = np.array(pairs) if pairs else np.zeros((1, 3))
+    mouth_m, eye_m, inner_m = (float(np.median(motion[:, i])) for i in range(3))
+    mouth_eye = np.array([f.mouth_eye for f in frames])
+    chroma = np.array([f.chroma_gap for f in frames])
+    cues = np.array(
+        [
+            float(np.median(mouth_eye)),
+            float(mouth_eye.std()),
+            float(np.median([f.face_frame for f in frames])),
+            float(np.median(chroma)),
+            float(chroma.std()),
+            float(np.median([f.luma_gap for f in frames])),
+            jerk,
+            jerk / (speed + _EPS),
+            float(np.log((mouth_m + 1e-3) / (eye_m + 1e-3))),
+            float(np.log((mouth_m + 1e-3) / (inner_m + 1e-3))),
+            _following(
+                np.array([f.face_luma for f in frames]),
+                np.array([f.background_luma for f in frames]),
+            ),
+            len(frames) / len(run),
+        ]
+    )
+    return FaceCuesInput(cues, len(run), len(frames))
+
+
+# --- the detector ------------------------------------------------------------------------------
+
+
+class FaceCuesDetector(Detector[FaceCuesConfig]):
+    """Twelve face cues over the first frames, scored by a logistic regression."""
+
+    key: ClassVar[str] = KEY
+    version: ClassVar[str] = "1.0.0"
+    config_class: ClassVar[type[DetectorConfig]] = FaceCuesConfig
+
+    def __init__(self, config: FaceCuesConfig) -> None:
+        super().__init__(config)
+        self._faces = FaceFinder(config.face_detect_max_side, config.face_upsample)
+        self._model: CueModel | None = None
+        self._weights_id: str | None = None
+        self._operating = OperatingPoint(config.threshold, config.uncertain_band)
+
+    @property
+    def num_frames(self) -> int:
+        """Frames wanted from the evenly spaced sample (the cues use the run instead)."""
+        return self.config.num_frames
+
+    @property
+    def run_frames(self) -> int:
+        """Consecutive frames wanted from the start."""
+        return self.config.run_frames
+
+    @property
+    def weights_id(self) -> str:
+        """sha256 of the weights file, or ``dummy``."""
+        if self._weights_id is None:
+            raise RuntimeError("setup() has not run")
+        return self._weights_id
+
+    @property
+    def threshold(self) -> float:
+        """The operating point's threshold: from the manifest when the weights bring one."""
+        return self._operating.threshold
+
+    @property
+    def operating(self) -> OperatingPoint:
+        """Threshold, UNCERTAIN band and calibration in use (final after ``setup``)."""
+        return self._operating
+
+    def check_checkpoint(self, path: str | Path) -> str:
+        """Parse and check a weights file; returns its sha256."""
+        return read_weights(path)[1]
+
+    def setup(self, device: str) -> None:
+        """Load the weights (or seeded dummies) and their operating point; the regression runs
+        on the CPU whatever ``device`` says (twelve multiplications per clip)."""
+        cfg = self.config
+        entry: ManifestEntry | None = None
+        if cfg.weights == "dummy":
+            model, weights_id = dummy_model(cfg.seed), "dummy"
+        else:
+            loaded: list[CueModel] = []
+
+            def load(path: Path) -> str:
+                model, sha256 = read_weights(path)
+                loaded.append(model)
+                return sha256
+
+            weights_id, entry = resolve_weights(KEY, cfg.weights, cfg.manifest, load)
+            model = loaded[0]
+        self._operating = operating_point(
+            entry,
+            cfg.threshold,
+            cfg.uncertain_band,
+            {name: name in cfg.model_fields_set for name in ("threshold", "uncertain_band")},
+        )
+        self._model = model
+        self._weights_id = weights_id
+        self._faces.load()
+
+    def prepare(self, frames: SampledFrames) -> FaceCuesInput | NoFace:
+        """The cues of the run (faces found on the CPU)."""
+        cfg = self.config
+        found = measure_cues(frames.run, self._faces, cfg.analysis_max_side)
+        if isinstance(found, FaceCuesInput) and found.frames_with_face < cfg.min_faces:
+            return NoFace(found.frames_sampled, found.frames_with_face)
+        return found
+
+    def raw_probabilities(self, cues: np.ndarray) -> np.ndarray:
+        """Uncalibrated fake probabilities of cues (n, len(CUES))."""
+        if self._model is None:
+            raise RuntimeError("setup() has not run")
+        out: np.ndarray = 1.0 / (1.0 + np.exp(-self._model.logits(cues)))
+        return out
+
+    def predict(self, batch: Sequence[Any]) -> list[DetectorResult | DetectorError]:
+        """One matrix product for the batch; a malformed input fails alone."""
+        if self._model is None:
+            raise RuntimeError("setup() has not run")
+        results: dict[int, DetectorResult | DetectorError] = {}
+        rows: list[tuple[int, FaceCuesInput]] = []
+        for i, item in enumerate(batch):
+            if isinstance(item, NoFace):
+                results[i] = self._abstain(item)
+            elif (
+                isinstance(item, FaceCuesInput)
+                and item.cues.shape == (len(CUES),)
+                and np.isfinite(item.cues).all()
+            ):
+                rows.append((i, item))
+            else:
+                results[i] = DetectorError(f"{KEY}: bad prepared input {type(item).__name__}")
+        if rows:
+            cues = np.stack([item.cues for _, item in rows])
+            for (i, item), raw in zip(rows, self.raw_probabilities(cues), strict=True):
+                results[i] = self._verdict(item, float(raw))
+        return [results[i] for i in range(len(batch))]
+
+    def _verdict(self, item: FaceCuesInput, raw: float) -> DetectorResult:
+        assert self._model is not None
+        op = self._operating
+        probability = op.probability(raw)
+        shares = self._model.contributions(item.cues)
+        return DetectorResult(
+            label=op.label(probability),
+            fake_probability=probability,
+            threshold=op.threshold,
+            details={
+                "weights": self.weights_id,
+                "raw_probability": raw,
+                "operating_point": op.describe(),
+                "frames": item.frames_sampled,
+                "frames_with_face": item.frames_with_face,
+                "cues": {
+                    name: {"value": round(float(v), 5), "logit_share": round(float(s), 4)}
+                    for name, v, s in zip(CUES, item.cues, shares, strict=True)
+                },
+            },
+        )
+
+    def _abstain(self, item: NoFace) -> DetectorResult:
+        return DetectorResult(
+            label=Label.ABSTAIN,
+            fake_probability=None,
+            threshold=self._operating.threshold,
+            details={
+                "reason": "no_face",
+                "weights": self.weights_id,
+                "frames": item.frames_sampled,
+                "frames_with_face": item.frames_with_face,
+                "min_faces": self.config.min_faces,
+            },
+        )

@@ -1,0 +1,198 @@
+"""face-cues-v1: the cues on real decoded frames, the weights file, the regression, and a whole
+training run on synthetic cues."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from detectors import registry
+from detectors.base import DetectorResult
+from detectors.cue_training import FitParams, fit_logistic, train_and_ship
+from detectors.evaluation import roc_auc
+from detectors.face_cues import (
+    CUES,
+    KEY,
+    FaceCuesInput,
+    NoFace,
+    dummy_model,
+    read_weights,
+)
+from detectors.frames import DecodeLimits
+from detectors.manifest import read_manifest
+from detectors.training import (
+    Clip,
+    DatasetError,
+    FeatureCache,
+    Features,
+    ShipSettings,
+    Split,
+)
+from detectors.weights import WeightsError
+from processor.pipeline import Pipeline
+from tests.media import make_video
+
+LIMITS = DecodeLimits(1 << 30, 3600, 3840 * 2160, 100_000)
+SMALL = {"run_frames": 12, "min_faces": 6}
+
+
+@pytest.fixture(scope="module")
+def face_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_video(tmp_path_factory.mktemp("media") / "face.mp4", seconds=1.5, fps=10)
+
+
+def judge(path: Path, **config: Any) -> DetectorResult:
+    detector = registry.build(KEY, SMALL | config)
+    detector.setup("cpu")
+    pipeline = Pipeline({KEY: detector}, LIMITS, 640)
+    prepared = pipeline.prepare(path, [KEY])
+    [predicted] = pipeline.predict([prepared])
+    result = predicted.outcomes[KEY]
+    assert isinstance(result, DetectorResult)
+    return result
+
+
+def test_cues_of_a_real_face_through_the_pipeline(face_clip: Path) -> None:
+    detector = registry.build(KEY, SMALL)
+    detector.setup("cpu")
+    prepared = Pipeline({KEY: detector}, LIMITS, 640).prepare(face_clip, [KEY])
+    item = prepared.inputs[KEY]
+    assert isinstance(item, FaceCuesInput)
+    assert item.cues.shape == (len(CUES),)
+    assert np.isfinite(item.cues).all()
+    assert (item.frames_sampled, item.frames_with_face) == (12, 12)
+    # The synthetic head drifts a few pixels per frame: landmarks move, but smoothly.
+    cue = dict(zip(CUES, item.cues, strict=True))
+    assert cue["face_fraction"] == 1.0
+    assert cue["landmark_jerk"] > 0
+
+    result = judge(face_clip)
+    assert result.label.value in ("REAL", "FAKE")
+    assert result.details["weights"] == "dummy"
+    assert list(result.details["cues"]) == list(CUES)
+    # The logit shares add up to the logit, so a reader can see what drove the score.
+    shares = sum(c["logit_share"] for c in result.details["cues"].values())
+    raw = result.details["raw_probability"]
+    assert shares == pytest.approx(np.log(raw / (1 - raw)), abs=1e-3)
+
+
+def test_no_face_abstains(tmp_path: Path) -> None:
+    blank = make_video(tmp_path / "blank.mp4", seconds=1.5, fps=10, face=False)
+    result = judge(blank)
+    assert (result.label.value, result.fake_probability) == ("ABSTAIN", None)
+    assert result.details["reason"] == "no_face"
+    assert result.details["frames_with_face"] == 0
+
+
+def _weights_doc(**changes: Any) -> dict[str, Any]:
+    return dummy_model(0).to_json() | changes
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"schema": "other"}, "not a face-cues-v1 weights file"),
+        ({"cues": list(reversed(CUES))}, "cues"),
+        ({"coef": [1.0] * 3}, "coef must be 12 finite numbers"),
+        ({"mean": [float("nan")] * 12}, "mean must be 12 finite numbers"),
+        ({"scale": [0.0] * 12}, "scale must be positive"),
+        ({"intercept": "x"}, "intercept"),
+    ],
+)
+def test_bad_weights_files_are_refused_by_name(
+    tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(_weights_doc(**changes)))
+    with pytest.raises(WeightsError, match=message):
+        read_weights(path)
+
+
+def test_weights_round_trip_and_id(tmp_path: Path) -> None:
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps(_weights_doc()))
+    model, sha = read_weights(path)
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    np.testing.assert_array_equal(model.coef, dummy_model(0).coef)
+    detector = registry.build(KEY, {"weights": str(path)})
+    assert detector.check_checkpoint(path) == sha
+    detector.setup("cpu")
+    assert detector.weights_id == sha
+
+
+def _separable(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    cues = rng.normal(size=(n, len(CUES))) * 3 + 10
+    cues[:, 2] += np.where(labels == 1, -6.0, 6.0)  # fakes: a softer face than the frame
+    return cues, labels.astype(float)
+
+
+def test_fit_learns_and_is_deterministic() -> None:
+    cues, labels = _separable(60, 0)
+    first = fit_logistic(cues, labels, FitParams())
+    again = fit_logistic(cues, labels, FitParams())
+    np.testing.assert_array_equal(first.coef, again.coef)
+    held_cues, held_labels = _separable(40, 1)
+    assert roc_auc(held_labels, first.logits(held_cues)) > 0.9
+    assert first.coef[2] < 0
+    with pytest.raises(DatasetError, match="both labels"):
+        fit_logistic(cues, np.zeros(60), FitParams())
+
+
+def test_a_whole_training_run(tmp_path: Path) -> None:
+    cues, labels = _separable(48, 2)
+    clips: list[Clip] = []
+    features: dict[str, Features] = {}
+    splits: list[Split] = []
+    for i, (row, label) in enumerate(zip(cues, labels, strict=True)):
+        sha = hashlib.sha256(f"clip{i}".encode()).hexdigest()
+        clips.append(
+            Clip(tmp_path / f"{i}.mp4", f"{i}.mp4", int(label), "synthetic", sha, "", f"g{i}")
+        )
+        features[sha] = Features(FaceCuesInput(row, 12, 12), None)
+        splits.append(("train", "train", "val", "test")[i // 2 % 4])
+    # One clip without a face: left out of training, reported in the card.
+    features[clips[0].sha256] = Features(NoFace(12, 2), None)
+    settings = ShipSettings(tmp_path / "w", "synthetic", "test", "v0", 0.25, 0.25, resamples=50)
+    config = registry.build(KEY, {}).config
+    report = train_and_ship(clips, splits, features, config, FitParams(), settings, seed=0)  # type: ignore[arg-type]
+
+    [entry] = read_manifest(tmp_path / "w" / "manifest.json").entries
+    assert entry.file == f"{KEY}.json"
+    assert entry.held_out is not None
+    assert entry.held_out.clips == report["measured"]["test"]["n"] == 12
+    assert entry.held_out.roc_auc > 0.9
+    card = (tmp_path / "w" / f"{KEY}.md").read_text()
+    assert "Held-out test split" in card
+    assert "`0.mp4`: no_face (2/12 frames)" in card
+
+    # The daemon's way: weights and operating point from the manifest.
+    detector = registry.build(
+        KEY, {"weights": "manifest", "manifest": str(tmp_path / "w" / "manifest.json")}
+    )
+    detector.setup("cpu")
+    assert detector.threshold == entry.threshold
+    [result] = detector.predict([FaceCuesInput(cues[1], 12, 12)])
+    assert isinstance(result, DetectorResult)
+    assert result.details["operating_point"]["held_out"]["clips"] == 12
+
+
+def test_feature_cache_keeps_cues_and_no_face(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path, "ns")
+    cues = np.arange(len(CUES), dtype=np.float64)
+    cache.put("a" * 64, Features(FaceCuesInput(cues, 48, 40), None))
+    cache.put("b" * 64, Features(NoFace(48, 3), None))
+    hit = cache.get("a" * 64)
+    assert hit is not None
+    assert isinstance(hit.prepared, FaceCuesInput)
+    np.testing.assert_array_equal(hit.prepared.cues, cues)
+    assert (hit.prepared.frames_sampled, hit.prepared.frames_with_face) == (48, 40)
+    miss = cache.get("b" * 64)
+    assert miss is not None
+    assert miss.prepared == NoFace(48, 3)
