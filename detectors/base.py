@@ -117,6 +117,7 @@ class Detector(ABC, Generic[ConfigT]):
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config
+        self._weights_id: str | None = None  # set by ``setup``
 
     @property
     @abstractmethod
@@ -130,9 +131,12 @@ class Detector(ABC, Generic[ConfigT]):
         return 0
 
     @property
-    @abstractmethod
     def weights_id(self) -> str:
-        """sha256 of the loaded weights file, or ``dummy``. Valid after ``setup``."""
+        """What identifies the loaded weights (a file's sha256, or ``dummy``), set by ``setup``;
+        stored with every result and part of the stored-result cache key."""
+        if self._weights_id is None:
+            raise RuntimeError("setup() has not run")
+        return self._weights_id
 
     @property
     @abstractmethod

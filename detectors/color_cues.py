@@ -14,25 +14,22 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from detectors.base import (
-    Detector,
     DetectorConfig,
     DetectorResult,
     FrameScore,
     Label,
-    NetworkConfig,
     SampledFrames,
 )
 from detectors.errors import DetectorError
 from detectors.faces import Face, FaceFinder
 from detectors.manifest import (
-    Band,
+    CalibratedConfig,
+    CalibratedDetector,
     ManifestEntry,
-    OperatingPoint,
-    operating_point,
     resolve_weights,
 )
 from detectors.weights import load_checked
@@ -43,7 +40,7 @@ KEY = "color-cues-lstm-v1"
 _FC1_SIZE = 32
 
 
-class ColorCuesConfig(NetworkConfig):
+class ColorCuesConfig(CalibratedConfig):
     """Settings of ``color-cues-lstm-v1``."""
 
     num_frames: int = Field(64, ge=1, description="Evenly spaced frames taken from the video.")
@@ -65,23 +62,6 @@ class ColorCuesConfig(NetworkConfig):
     face_upsample: int = Field(
         0, ge=0, le=2, description="dlib upsampling passes; each finds smaller faces, 4x cost."
     )
-    uncertain_band: Band | None = Field(
-        None,
-        description="Fake probabilities in [low, high] are answered UNCERTAIN. When written "
-        "here it overrides the weights manifest's band (null: no band).",
-    )
-    manifest: str | None = Field(
-        None,
-        description="Weights manifest to read (default: weights/manifest.json under the working "
-        "directory, else the source checkout's; for a checkpoint path, the manifest beside it).",
-    )
-
-    @field_validator("uncertain_band")
-    @classmethod
-    def _ordered_band(cls, band: Band | None) -> Band | None:
-        if band is not None and not 0.0 <= band[0] <= band[1] <= 1.0:
-            raise ValueError("must be [low, high] with 0 <= low <= high <= 1")
-        return band
 
     def feature_settings(self) -> dict[str, Any]:
         """The settings that shape ``prepare``'s output: features computed under equal settings
@@ -185,7 +165,7 @@ def video_windows(histograms: np.ndarray, starts: Sequence[int], length: int) ->
     return [hists[s : s + length] for s in starts]
 
 
-class ColorCuesDetector(Detector[ColorCuesConfig]):
+class ColorCuesDetector(CalibratedDetector[ColorCuesConfig]):
     """Per-frame face chromaticity histograms, scored in sliding windows by an LSTM."""
 
     key: ClassVar[str] = KEY
@@ -196,8 +176,6 @@ class ColorCuesDetector(Detector[ColorCuesConfig]):
         super().__init__(config)
         self._faces = FaceFinder(config.face_detect_max_side, config.face_upsample)
         self._model: ColorCuesNet | None = None
-        self._weights_id: str | None = None
-        self._operating = OperatingPoint(config.threshold, config.uncertain_band)
         self._device = torch.device("cpu")
 
     @property
@@ -206,32 +184,15 @@ class ColorCuesDetector(Detector[ColorCuesConfig]):
         return self.config.num_frames
 
     @property
-    def weights_id(self) -> str:
-        """sha256 of the checkpoint, or ``dummy``."""
-        if self._weights_id is None:
-            raise RuntimeError("setup() has not run")
-        return self._weights_id
-
-    @property
     def input_size(self) -> int:
         """Histogram length: bins squared."""
         return self.config.histogram_bins**2
-
-    @property
-    def operating(self) -> OperatingPoint:
-        """Threshold, UNCERTAIN band and calibration in use (final after ``setup``)."""
-        return self._operating
 
     def check_checkpoint(self, path: str | Path) -> str:
         """Check a checkpoint's keys and shapes against the configured network on the CPU;
         returns its sha256."""
         cfg = self.config
         return load_checked(ColorCuesNet(self.input_size, cfg.hidden_size, cfg.dropout), path)
-
-    @property
-    def threshold(self) -> float:
-        """The operating point's threshold: from the manifest when the weights bring one."""
-        return self._operating.threshold
 
     def setup(self, device: str) -> None:
         """Build the network, load its weights (or seeded dummies) and their operating point from
@@ -247,12 +208,7 @@ class ColorCuesDetector(Detector[ColorCuesConfig]):
         else:
             model = ColorCuesNet(self.input_size, cfg.hidden_size, cfg.dropout)
             weights_id, entry = self._load(model)
-        self._operating = operating_point(
-            entry,
-            cfg.threshold,
-            cfg.uncertain_band,
-            {name: name in cfg.model_fields_set for name in ("threshold", "uncertain_band")},
-        )
+        self.use_operating_point(entry)
         self._device = torch.device(device)
         self._model = model.to(self._device).eval()
         self._weights_id = weights_id

@@ -30,19 +30,22 @@ from typing import Any, ClassVar
 
 import cv2
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from detectors.base import (
-    Detector,
     DetectorConfig,
     DetectorResult,
     Label,
-    NetworkConfig,
     SampledFrames,
 )
 from detectors.errors import DetectorError
 from detectors.faces import Face, FaceFinder
-from detectors.manifest import Band, ManifestEntry, OperatingPoint, operating_point, resolve_weights
+from detectors.manifest import (
+    CalibratedConfig,
+    CalibratedDetector,
+    ManifestEntry,
+    resolve_weights,
+)
 from detectors.weights import WeightsError, WeightsUnreadable
 
 KEY = "face-cues-v1"
@@ -70,7 +73,7 @@ _MOUTH = slice(48, 68)
 _EPS = 1e-6
 
 
-class FaceCuesConfig(NetworkConfig):
+class FaceCuesConfig(CalibratedConfig):
     """Settings of ``face-cues-v1``."""
 
     num_frames: int = Field(
@@ -91,21 +94,6 @@ class FaceCuesConfig(NetworkConfig):
     face_upsample: int = Field(
         0, ge=0, le=2, description="dlib upsampling passes; each finds smaller faces, 4x cost."
     )
-    uncertain_band: Band | None = Field(
-        None,
-        description="Fake probabilities in [low, high] are answered UNCERTAIN. When written "
-        "here it overrides the weights manifest's band (null: no band).",
-    )
-    manifest: str | None = Field(
-        None, description="Weights manifest to read (as for color-cues-lstm-v1)."
-    )
-
-    @field_validator("uncertain_band")
-    @classmethod
-    def _ordered_band(cls, band: Band | None) -> Band | None:
-        if band is not None and not 0.0 <= band[0] <= band[1] <= 1.0:
-            raise ValueError("must be [low, high] with 0 <= low <= high <= 1")
-        return band
 
     def feature_settings(self) -> dict[str, Any]:
         """The settings that shape ``prepare``'s output (the training feature cache keys on
@@ -370,7 +358,7 @@ def measure_cues(
 # --- the detector ------------------------------------------------------------------------------
 
 
-class FaceCuesDetector(Detector[FaceCuesConfig]):
+class FaceCuesDetector(CalibratedDetector[FaceCuesConfig]):
     """Twelve face cues over the first frames, scored by a logistic regression."""
 
     key: ClassVar[str] = KEY
@@ -381,8 +369,6 @@ class FaceCuesDetector(Detector[FaceCuesConfig]):
         super().__init__(config)
         self._faces = FaceFinder(config.face_detect_max_side, config.face_upsample)
         self._model: CueModel | None = None
-        self._weights_id: str | None = None
-        self._operating = OperatingPoint(config.threshold, config.uncertain_band)
 
     @property
     def num_frames(self) -> int:
@@ -393,23 +379,6 @@ class FaceCuesDetector(Detector[FaceCuesConfig]):
     def run_frames(self) -> int:
         """Consecutive frames wanted from the start."""
         return self.config.run_frames
-
-    @property
-    def weights_id(self) -> str:
-        """sha256 of the weights file, or ``dummy``."""
-        if self._weights_id is None:
-            raise RuntimeError("setup() has not run")
-        return self._weights_id
-
-    @property
-    def threshold(self) -> float:
-        """The operating point's threshold: from the manifest when the weights bring one."""
-        return self._operating.threshold
-
-    @property
-    def operating(self) -> OperatingPoint:
-        """Threshold, UNCERTAIN band and calibration in use (final after ``setup``)."""
-        return self._operating
 
     def check_checkpoint(self, path: str | Path) -> str:
         """Parse and check a weights file; returns its sha256."""
@@ -432,12 +401,7 @@ class FaceCuesDetector(Detector[FaceCuesConfig]):
 
             weights_id, entry = resolve_weights(KEY, cfg.weights, cfg.manifest, load)
             model = loaded[0]
-        self._operating = operating_point(
-            entry,
-            cfg.threshold,
-            cfg.uncertain_band,
-            {name: name in cfg.model_fields_set for name in ("threshold", "uncertain_band")},
-        )
+        self.use_operating_point(entry)
         self._model = model
         self._weights_id = weights_id
         self._faces.load()

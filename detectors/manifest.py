@@ -17,11 +17,18 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from detectors.base import Label
+from detectors.base import Detector, Label, NetworkConfig
 from detectors.weights import WeightsError
 
 SCHEMA = "drishtiksha.weights-manifest/1"
@@ -188,6 +195,28 @@ def find_manifest(explicit: str | None) -> Path:
     return local if local.exists() else source_tree_manifest()
 
 
+class CalibratedConfig(NetworkConfig):
+    """Settings of a detector whose weights bring an operating point from the manifest."""
+
+    uncertain_band: Band | None = Field(
+        None,
+        description="Fake probabilities in [low, high] are answered UNCERTAIN. When written "
+        "here it overrides the weights manifest's band (null: no band).",
+    )
+    manifest: str | None = Field(
+        None,
+        description="Weights manifest to read (default: weights/manifest.json under the working "
+        "directory, else the source checkout's; for a checkpoint path, the manifest beside it).",
+    )
+
+    @field_validator("uncertain_band")
+    @classmethod
+    def _ordered_band(cls, band: Band | None) -> Band | None:
+        if band is not None and not 0.0 <= band[0] <= band[1] <= 1.0:
+            raise ValueError("must be [low, high] with 0 <= low <= high <= 1")
+        return band
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
     """How a detector turns its network's probability into a verdict."""
@@ -240,6 +269,38 @@ def operating_point(
         source=entry.file,
         held_out=entry.held_out,
     )
+
+
+CalibratedT = TypeVar("CalibratedT", bound=CalibratedConfig)
+
+
+class CalibratedDetector(Detector[CalibratedT]):
+    """A detector whose weights bring their operating point from the manifest; ``setup`` calls
+    ``use_operating_point`` with the loaded weights' entry (None for dummy or unlisted ones)."""
+
+    def __init__(self, config: CalibratedT) -> None:
+        super().__init__(config)
+        self._operating = OperatingPoint(config.threshold, config.uncertain_band)
+
+    @property
+    def threshold(self) -> float:
+        """The operating point's threshold: from the manifest when the weights bring one."""
+        return self._operating.threshold
+
+    @property
+    def operating(self) -> OperatingPoint:
+        """Threshold, UNCERTAIN band and calibration in use (final after ``setup``)."""
+        return self._operating
+
+    def use_operating_point(self, entry: ManifestEntry | None) -> None:
+        """Take the entry's operating point, but for what the configuration says explicitly."""
+        cfg = self.config
+        self._operating = operating_point(
+            entry,
+            cfg.threshold,
+            cfg.uncertain_band,
+            {name: name in cfg.model_fields_set for name in ("threshold", "uncertain_band")},
+        )
 
 
 def resolve_weights(

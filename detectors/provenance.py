@@ -177,20 +177,11 @@ class ProvenanceDetector(Detector[ProvenanceConfig]):
     def __init__(self, config: ProvenanceConfig) -> None:
         super().__init__(config)
         self._context: c2pa.Context | None = None
-        self._weights_id: str | None = None
 
     @property
     def num_frames(self) -> int:
         """One: the detector reads the container, not the pictures."""
         return 1
-
-    @property
-    def weights_id(self) -> str:
-        """No weights: the validator's version and the trust list's sha256 instead, so that
-        cached verdicts follow a change of either."""
-        if self._weights_id is None:
-            raise RuntimeError("setup() has not run")
-        return self._weights_id
 
     @property
     def threshold(self) -> float:
@@ -219,6 +210,8 @@ class ProvenanceDetector(Detector[ProvenanceConfig]):
             self._context = c2pa.Context.from_dict(settings)
         except c2pa.C2paError as exc:
             raise WeightsError(f"trust_anchors {anchors}: {exc}") from exc
+        # No weights: the validator's version and the trust list stand in, so that a cached
+        # verdict is not reused across a change of either.
         self._weights_id = f"c2pa-rs-{c2pa.sdk_version()}+trust-{trust[:16]}"
 
     def read(self, path: Path) -> Provenance | None:

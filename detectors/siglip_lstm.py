@@ -340,7 +340,6 @@ class SiglipLSTMBase(Detector[ConfigT]):
     def __init__(self, config: ConfigT) -> None:
         super().__init__(config)
         self._net: SiglipLSTMNet | None = None
-        self._weights_id: str | None = None
         self._device = torch.device("cpu")
         self._autocast: torch.dtype | None = None
 
@@ -348,13 +347,6 @@ class SiglipLSTMBase(Detector[ConfigT]):
     def num_frames(self) -> int:
         """Frames wanted from the shared decode."""
         return self.config.num_frames
-
-    @property
-    def weights_id(self) -> str:
-        """sha256 of the checkpoint, the combined id of head + backbone folder, or ``dummy``."""
-        if self._weights_id is None:
-            raise RuntimeError("setup() has not run")
-        return self._weights_id
 
     @property
     def threshold(self) -> float:

@@ -811,18 +811,7 @@ def train_and_ship(
         [e.label for e in val], val_raw, settings.target_fpr, settings.uncertain_fraction
     )
     network = config.model_dump(include={"hidden_size", "dropout"})
-    entry = ManifestEntry(
-        detector=KEY,
-        file=checkpoint.name,
-        sha256=sha256_file(checkpoint),
-        threshold=calibrated.threshold,
-        uncertain_band=calibrated.uncertain_band,
-        calibration=calibrated.calibration,
-        card=card.name,
-        default=True,
-        registered=today(),
-        detector_config=config.feature_settings() | network,
-    )
+    entry = shipped_entry(KEY, checkpoint, calibrated, card, config.feature_settings() | network)
     register(out / "manifest.json", entry)
 
     # Measured the way the daemon runs it: the checkpoint and operating point loaded from the
@@ -833,19 +822,7 @@ def train_and_ship(
         )
     )
     detector.setup("cpu")
-    measured: dict[str, Any] = {}
-    for split in ("val", "test"):
-        members = by_split[split]
-        predictions = predict_prepared(detector, [features[c.sha256].prepared for c in members])
-        measured[split] = binary_report(
-            [c.label for c in members],
-            [p for _, p in predictions],
-            [label for label, _ in predictions],
-            groups=[c.group for c in members],
-            resamples=settings.resamples,
-            seed=params.seed,
-        ) | {"per_dataset": per_dataset(members, predictions)}
-
+    measured = measure(detector, by_split, features, settings.resamples, params.seed)
     register(out / "manifest.json", with_held_out(entry, measured["test"]))
     report = {
         "detector": KEY,
@@ -875,6 +852,62 @@ def train_and_ship(
     write_split_file(split_file(card), KEY, clips, splits, features, settings, params.seed)
     card.write_text(model_card(report))
     return report
+
+
+def shipped_entry(
+    key: str, weights: Path, calibrated: Calibrated, card: Path, settings: Mapping[str, Any]
+) -> ManifestEntry:
+    """The manifest entry of freshly trained weights: its detector's default from now on."""
+    return ManifestEntry(
+        detector=key,
+        file=weights.name,
+        sha256=sha256_file(weights),
+        threshold=calibrated.threshold,
+        uncertain_band=calibrated.uncertain_band,
+        calibration=calibrated.calibration,
+        card=card.name,
+        default=True,
+        registered=today(),
+        detector_config=dict(settings),
+    )
+
+
+def measure(
+    detector: Detector[Any],
+    by_split: Mapping[Split, Sequence[Clip]],
+    features: Mapping[str, Features],
+    resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The val and test splits' ``binary_report`` (with ``per_dataset``), through
+    ``detector.predict`` on the prepared inputs, as the daemon would judge them."""
+    measured: dict[str, Any] = {}
+    for split in ("val", "test"):
+        members = by_split[split]
+        predictions = predict_prepared(detector, [features[c.sha256].prepared for c in members])
+        measured[split] = binary_report(
+            [c.label for c in members],
+            [p for _, p in predictions],
+            [label for label, _ in predictions],
+            groups=[c.group for c in members],
+            resamples=resamples,
+            seed=seed,
+        ) | {"per_dataset": per_dataset(members, predictions)}
+    return measured
+
+
+def count_rows(counts: Mapping[str, Mapping[str, Mapping[str, int]]]) -> str:
+    """Markdown rows ``| dataset | REAL / FAKE per split |`` of ``label_counts`` per split."""
+    datasets = sorted({d for s in SPLITS for d in counts[s]})
+    return "\n".join(
+        f"| {d} | "
+        + " | ".join(
+            f"{counts[s].get(d, {}).get('REAL', 0)} / {counts[s].get(d, {}).get('FAKE', 0)}"
+            for s in SPLITS
+        )
+        + " |"
+        for d in datasets
+    )
 
 
 def with_held_out(entry: ManifestEntry, test: Mapping[str, Any]) -> ManifestEntry:
@@ -1001,16 +1034,6 @@ def model_card(report: Mapping[str, Any]) -> str:
         "threshold"
     )
     counts = report["counts"]
-    datasets = sorted({d for s in SPLITS for d in counts[s]})
-    count_rows = "\n".join(
-        f"| {d} | "
-        + " | ".join(
-            f"{counts[s].get(d, {}).get('REAL', 0)} / {counts[s].get(d, {}).get('FAKE', 0)}"
-            for s in SPLITS
-        )
-        + " |"
-        for d in datasets
-    )
     totals = " | ".join(
         f"{sum(v['REAL'] for v in counts[s].values())} / "
         f"{sum(v['FAKE'] for v in counts[s].values())}"
@@ -1046,7 +1069,7 @@ From `{settings.data_source}`. Clips per split, REAL / FAKE:
 
 | dataset | train | val | test |
 |---|---|---|---|
-{count_rows}
+{count_rows(counts)}
 | **all** | {totals} |
 
 Groups per split: train {report["groups"]["train"]}, val {report["groups"]["val"]}, test

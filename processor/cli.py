@@ -552,6 +552,13 @@ def train(
     ] = Path("var/cache/training"),
     workers: Annotated[int, typer.Option(help="Threads extracting features.")] = 2,
     l2: Annotated[float, typer.Option(help="face-cues-v1: the regression's L2 penalty.")] = 3.0,
+    cross_validate: Annotated[
+        bool,
+        typer.Option(
+            help="face-cues-v1: only measure, leaving one group out at a time over every clip; "
+            "writes nothing."
+        ),
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Train a detector (color-cues-lstm-v1's LSTM, or face-cues-v1's regression) on labelled
@@ -628,6 +635,20 @@ def train(
         features = tr.extract_features(
             clips, cache, _preparer(pipeline, detector), workers, lambda: progress.advance(task)
         )
+        if detector == FACE_KEY and cross_validate:
+            try:
+                pooled = cue_training.cross_validate(
+                    clips, features, cue_training.FitParams(l2=l2), settings.resamples, seed
+                )
+            except tr.DatasetError as exc:
+                err.print(f"error: {exc}", highlight=False)
+                raise typer.Exit(2) from exc
+            out.print(
+                f"leave one group out: {pooled['groups']} groups, {pooled['unusable']} clips "
+                "without usable cues left out"
+            )
+            _print_reports({"every clip, its group held out": pooled})
+            return
         if detector == FACE_KEY:
             try:
                 report = cue_training.train_and_ship(
