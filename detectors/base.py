@@ -2,9 +2,9 @@
 
 A detector never touches the database, nor the filesystem beyond its own weights and the video
 it is judging (``SampledFrames.path``: file-level signals such as content credentials read it).
-The worker
-decodes each video once (``detectors.frames``), hands the shared ``SampledFrames`` to every
-detector's CPU-side ``prepare`` and gathers prepared inputs from many videos into one ``predict``.
+The worker decodes each video once (``detectors.frames``), hands the shared ``SampledFrames`` to
+every detector's CPU-side ``prepare`` and gathers prepared inputs from many videos into one
+``predict``.
 """
 
 from __future__ import annotations

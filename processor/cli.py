@@ -581,6 +581,9 @@ def train(
     if detector not in trainable:
         err.print(f"error: {detector!r} cannot be trained; these can: {', '.join(trainable)}")
         raise typer.Exit(2)
+    if cross_validate and detector != FACE_KEY:
+        err.print(f"error: --cross-validate is for {FACE_KEY} only")
+        raise typer.Exit(2)
     config_class, detector_class = trainable[detector]
     # The configured feature settings, with the weights and operating point left out: features
     # do not depend on them, and training must not need an existing checkpoint.
