@@ -38,6 +38,7 @@ from detectors.training import (
     label_counts,
     measure,
     metrics_table,
+    predict_prepared,
     shipped_entry,
     split_file,
     today,
@@ -160,7 +161,13 @@ def train_and_ship(
         FaceCuesConfig.model_validate(config.feature_settings() | {"weights": str(weights)})
     )
     detector.setup("cpu")
-    measured = measure(detector, by_split, features, settings.resamples, seed)
+    measured = measure(
+        lambda items: predict_prepared(detector, items),
+        by_split,
+        features,
+        settings.resamples,
+        seed,
+    )
     register(out / "manifest.json", with_held_out(entry, measured["test"]))
 
     report = {

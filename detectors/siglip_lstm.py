@@ -14,6 +14,11 @@ Weights come from one of three places:
   ``"head <head sha256>\\n"`` followed by ``"backbone <file name> <sha256>\\n"`` for each
   ``*.safetensors`` file of the folder, sorted by name (see ``split_weights_id``).
 - ``weights: dummy``: seeded random weights; ``weights_id`` is ``dummy``.
+- ``weights: manifest``: the detector's default entry in the weights manifest, a head checkpoint
+  from ``drishtiksha train`` (with ``backbone``) or a whole one.
+
+A checkpoint listed in the weights manifest (by its sha256) brings its calibrated operating
+point, as for the other trained detectors.
 
 Detectors that load the same backbone weights with the same architecture onto the same device
 share one copy of it (``v1`` and ``v3`` are the same network and, in the seed, one file).
@@ -39,15 +44,13 @@ from transformers import SiglipVisionConfig, SiglipVisionModel
 from transformers.activations import ACT2FN
 
 from detectors.base import (
-    Detector,
     DetectorConfig,
     DetectorResult,
     FrameScore,
-    Label,
-    NetworkConfig,
     SampledFrames,
 )
 from detectors.errors import DetectorError
+from detectors.manifest import CalibratedConfig, CalibratedDetector, resolve_weights
 from detectors.temporal import analyse, rolling_mean
 from detectors.weights import (
     WeightsError,
@@ -82,7 +85,7 @@ _ARCHITECTURE = (
 _AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
 
 
-class SiglipLSTMConfig(NetworkConfig):
+class SiglipLSTMConfig(CalibratedConfig):
     """Settings of ``siglip-lstm-v1``; the architecture defaults are siglip-base-patch16-224."""
 
     num_frames: int = Field(32, ge=1, description="Evenly spaced frames taken from the video.")
@@ -129,6 +132,12 @@ class SiglipLSTMConfig(NetworkConfig):
     def vision_config(self) -> Any:
         """The ``SiglipVisionConfig`` of the tower (with its attention-pooling head)."""
         return SiglipVisionConfig(vision_use_head=True, **dict(self.architecture()))
+
+    def feature_settings(self) -> dict[str, Any]:
+        """What shapes the embeddings head training starts from: frames, tower shape and the
+        backbone folder's files (the training cache keys on them)."""
+        files = backbone_files(self.backbone) if self.backbone is not None else {}
+        return {"num_frames": self.num_frames, **dict(self.architecture()), "backbone": files}
 
 
 class SiglipLSTMv3Config(SiglipLSTMConfig):
@@ -187,6 +196,15 @@ class SiglipInput:
     """Prepared video: normalised frames (T, 3, S, S) float32 and their timestamps."""
 
     pixels: torch.Tensor
+    timestamps: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """One clip's pooled frame embeddings from a frozen tower, in time order: what the heads
+    are trained on (``detectors.siglip_training``)."""
+
+    embeddings: np.ndarray  # (frames, hidden_size) float32
     timestamps: tuple[float, ...]
 
 
@@ -284,7 +302,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return tower
 
 
-def _pretrained_tower(config: SiglipLSTMConfig, folder: str) -> nn.Module:
+def pretrained_tower(config: SiglipLSTMConfig, folder: str) -> nn.Module:
+    """The SigLIP tower from a local Hugging Face folder, checked against ``config``."""
     try:
         model: nn.Module = SiglipVisionModel.from_pretrained(
             folder, local_files_only=True, use_safetensors=True
@@ -332,7 +351,7 @@ def _chunks(tensors: Sequence[torch.Tensor], size: int) -> Iterator[torch.Tensor
 ConfigT = TypeVar("ConfigT", bound=SiglipLSTMConfig)
 
 
-class SiglipLSTMBase(Detector[ConfigT]):
+class SiglipLSTMBase(CalibratedDetector[ConfigT]):
     """The shared implementation of ``siglip-lstm-v1`` and ``-v3``."""
 
     version: ClassVar[str] = "1.0.0"
@@ -347,11 +366,6 @@ class SiglipLSTMBase(Detector[ConfigT]):
     def num_frames(self) -> int:
         """Frames wanted from the shared decode."""
         return self.config.num_frames
-
-    @property
-    def threshold(self) -> float:
-        """The configured threshold (these checkpoints bring none of their own)."""
-        return self.config.threshold
 
     def check_checkpoint(self, path: str | Path) -> str:
         """Check a checkpoint against this detector's configured network without loading it
@@ -429,7 +443,16 @@ class SiglipLSTMBase(Detector[ConfigT]):
                     return _tower(cfg.vision_config())
 
             return "dummy", ("dummy", cfg.seed), dummy, None
-        sha, state = check_checkpoint(cfg, cfg.weights)
+        loaded: list[dict[str, torch.Tensor]] = []
+
+        def load_checked(path: Path) -> str:
+            sha256, state = check_checkpoint(cfg, path)
+            loaded.append(state)
+            return sha256
+
+        sha, entry = resolve_weights(self.key, cfg.weights, cfg.manifest, load_checked)
+        self.use_operating_point(entry)
+        state = loaded[0]
         folder = cfg.backbone
         if folder is None:
 
@@ -443,7 +466,7 @@ class SiglipLSTMBase(Detector[ConfigT]):
         return (
             split_weights_id(sha, files),
             ("folder", tuple(sorted(files.items()))),
-            lambda: _pretrained_tower(cfg, folder),
+            lambda: pretrained_tower(cfg, folder),
             state,
         )
 
@@ -509,15 +532,18 @@ class SiglipLSTMBase(Detector[ConfigT]):
             return net.embed(x)
 
     def _verdict(self, item: SiglipInput, video: float, frames: list[float]) -> DetectorResult:
-        cfg = self.config
+        op = self.operating
+        probability = op.probability(video)
         frame_scores, view = self._frame_view(item, frames)
         return DetectorResult(
-            label=Label.FAKE if video >= cfg.threshold else Label.REAL,
-            fake_probability=video,
-            threshold=cfg.threshold,
+            label=op.label(probability),
+            fake_probability=probability,
+            threshold=op.threshold,
             frame_scores=frame_scores,
             details={
                 "weights": self.weights_id,
+                "raw_probability": video,
+                "operating_point": op.describe(),
                 "frames_scored": len(frames),
                 "backbone_dtype": str(self._autocast or torch.float32).removeprefix("torch."),
                 **view,

@@ -53,6 +53,7 @@ from detectors.evaluation import (
 from detectors.face_cues import FaceCuesInput
 from detectors.face_cues import NoFace as FaceNoFace
 from detectors.manifest import Band, Calibration, HeldOut, ManifestEntry, register
+from detectors.siglip_lstm import Embedded
 from detectors.weights import sha256_file
 
 LABELS = {"REAL": 0, "FAKE": 1}
@@ -268,7 +269,7 @@ class Failed:
     message: str
 
 
-Prepared = ColorCuesInput | NoFace | FaceCuesInput | FaceNoFace | Failed
+Prepared = ColorCuesInput | NoFace | FaceCuesInput | FaceNoFace | Embedded | Failed
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,8 @@ class FeatureCache:
                     window_starts=tuple(int(s) for s in z["window_starts"]),
                     frames_sampled=int(meta["frames_sampled"]),
                 )
+            elif kind == "embeddings":
+                prepared = Embedded(z["embeddings"], tuple(float(t) for t in z["timestamps"]))
             elif kind == "cues":
                 prepared = FaceCuesInput(
                     z["cues"], int(meta["frames_sampled"]), int(meta["frames_with_face"])
@@ -336,6 +339,12 @@ class FeatureCache:
                 "histograms": p.histograms,
                 "timestamps": np.asarray(p.timestamps, dtype=np.float64),
                 "window_starts": np.asarray(p.window_starts, dtype=np.int64),
+            }
+        elif isinstance(p, Embedded):
+            meta |= {"kind": "embeddings"}
+            arrays = {
+                "embeddings": p.embeddings,
+                "timestamps": np.asarray(p.timestamps, dtype=np.float64),
             }
         elif isinstance(p, FaceCuesInput):
             meta |= {
@@ -822,7 +831,13 @@ def train_and_ship(
         )
     )
     detector.setup("cpu")
-    measured = measure(detector, by_split, features, settings.resamples, params.seed)
+    measured = measure(
+        lambda items: predict_prepared(detector, items),
+        by_split,
+        features,
+        settings.resamples,
+        params.seed,
+    )
     register(out / "manifest.json", with_held_out(entry, measured["test"]))
     report = {
         "detector": KEY,
@@ -872,19 +887,22 @@ def shipped_entry(
     )
 
 
+Predictor = Callable[[Sequence[Any]], list[tuple[str, float | None]]]
+
+
 def measure(
-    detector: Detector[Any],
+    predict: Predictor,
     by_split: Mapping[Split, Sequence[Clip]],
     features: Mapping[str, Features],
     resamples: int,
     seed: int,
 ) -> dict[str, Any]:
-    """The val and test splits' ``binary_report`` (with ``per_dataset``), through
-    ``detector.predict`` on the prepared inputs, as the daemon would judge them."""
+    """The val and test splits' ``binary_report`` (with ``per_dataset``) of ``predict``, which
+    turns prepared inputs into (label, fake probability) as the daemon would judge them."""
     measured: dict[str, Any] = {}
     for split in ("val", "test"):
         members = by_split[split]
-        predictions = predict_prepared(detector, [features[c.sha256].prepared for c in members])
+        predictions = predict([features[c.sha256].prepared for c in members])
         measured[split] = binary_report(
             [c.label for c in members],
             [p for _, p in predictions],

@@ -561,22 +561,34 @@ def train(
     ] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Train a detector (color-cues-lstm-v1's LSTM, or face-cues-v1's regression) on labelled
-    videos, calibrate it on a validation split, measure it on a held-out split, and write
-    weights, model card and manifest entry to --out."""
+    """Train a detector (color-cues-lstm-v1's LSTM, face-cues-v1's regression, or the SigLIP
+    detectors' heads on a frozen backbone folder) on labelled videos, calibrate it on a
+    validation split, measure it on a held-out split, and write weights, model card and
+    manifest entry to --out."""
     from pydantic import ValidationError
 
-    from detectors import cue_training
+    from detectors import cue_training, siglip_training
     from detectors import training as tr
     from detectors.color_cues import KEY, ColorCuesConfig, ColorCuesDetector
     from detectors.face_cues import KEY as FACE_KEY
     from detectors.face_cues import FaceCuesConfig, FaceCuesDetector
+    from detectors.siglip_lstm import (
+        KEY_V1,
+        KEY_V3,
+        SiglipLSTMConfig,
+        SiglipLSTMv1,
+        SiglipLSTMv3,
+        SiglipLSTMv3Config,
+    )
+    from detectors.weights import WeightsError
 
     cfg = _config(config)
     setup_logging("WARNING", "text")
     trainable: dict[str, tuple[Any, Any]] = {
         KEY: (ColorCuesConfig, ColorCuesDetector),
         FACE_KEY: (FaceCuesConfig, FaceCuesDetector),
+        KEY_V1: (SiglipLSTMConfig, SiglipLSTMv1),
+        KEY_V3: (SiglipLSTMv3Config, SiglipLSTMv3),
     }
     if detector not in trainable:
         err.print(f"error: {detector!r} cannot be trained; these can: {', '.join(trainable)}")
@@ -592,6 +604,10 @@ def train(
         for k, v in cfg.detectors.get(detector, {}).items()
         if k not in ("weights", "threshold", "uncertain_band", "manifest")
     }
+    if detector in (KEY_V1, KEY_V3):
+        # The SigLIP settings insist that a backbone comes with heads to load; training is
+        # what makes the heads, so the check is satisfied with a placeholder.
+        section["weights"] = "manifest"
     try:
         det_cfg = config_class.model_validate(section)
         clips = tr.assign_groups(tr.load_clips(data))
@@ -631,42 +647,31 @@ def train(
         uncertain_fraction=uncertain_fraction,
     )
     extractor = detector_class(det_cfg)
-    extractor.setup("cpu")
-    pipeline, cache = _feature_source(cfg, extractor, cache_dir)
+    prepare: Any
+    if detector in (KEY_V1, KEY_V3):
+        # The heads train on the frozen tower's embeddings: prepare, then embed, once per clip.
+        try:
+            embed = siglip_training.Embedder(det_cfg)
+        except WeightsError as exc:
+            err.print(f"error: {exc}", highlight=False)
+            raise typer.Exit(2) from exc
+        pipeline, cache = _feature_source(cfg, extractor, cache_dir)
+        frames = _preparer(pipeline, detector)
+
+        def prepare(path: Path) -> tuple[Any, Any]:
+            item, info = frames(path)
+            return embed(item), info
+
+    else:
+        extractor.setup("cpu")
+        pipeline, cache = _feature_source(cfg, extractor, cache_dir)
+        prepare = _preparer(pipeline, detector)
     with Progress(console=err) as progress:
         task = progress.add_task("features", total=len(clips))
         features = tr.extract_features(
-            clips, cache, _preparer(pipeline, detector), workers, lambda: progress.advance(task)
+            clips, cache, prepare, workers, lambda: progress.advance(task)
         )
-        if detector == FACE_KEY and cross_validate:
-            try:
-                pooled = cue_training.cross_validate(
-                    clips, features, cue_training.FitParams(l2=l2), settings.resamples, seed
-                )
-            except tr.DatasetError as exc:
-                err.print(f"error: {exc}", highlight=False)
-                raise typer.Exit(2) from exc
-            out.print(
-                f"leave one group out: {pooled['groups']} groups, {pooled['unusable']} clips "
-                "without usable cues left out"
-            )
-            _print_reports({"every clip, its group held out": pooled})
-            return
-        if detector == FACE_KEY:
-            try:
-                report = cue_training.train_and_ship(
-                    clips, splits, features, det_cfg, cue_training.FitParams(l2=l2), settings, seed
-                )
-            except tr.DatasetError as exc:
-                err.print(f"error: {exc}", highlight=False)
-                raise typer.Exit(2) from exc
-            out.print(
-                f"wrote {out_dir / report['checkpoint']} (sha256 {report['sha256'][:12]}), "
-                f"{out_dir / (FACE_KEY + '.md')}, {out_dir / 'manifest.json'}"
-            )
-            _print_reports({"test (held out)": report["measured"]["test"]})
-            return
-        fit = progress.add_task("training", total=epochs)
+        fit = progress.add_task("training", total=epochs, visible=detector == KEY)
 
         def on_epoch(record: dict[str, float]) -> None:
             progress.update(
@@ -676,27 +681,48 @@ def train(
             )
 
         try:
-            report = tr.train_and_ship(
-                clips,
-                splits,
-                features,
-                det_cfg,
-                params,
-                settings,
-                state_path=state_dir / f"{KEY}.state.pt",
-                resume=resume,
-                on_epoch=on_epoch,
-            )
+            if cross_validate:
+                pooled = cue_training.cross_validate(
+                    clips, features, cue_training.FitParams(l2=l2), settings.resamples, seed
+                )
+                out.print(
+                    f"leave one group out: {pooled['groups']} groups, {pooled['unusable']} "
+                    "clips without usable cues left out"
+                )
+                _print_reports({"every clip, its group held out": pooled})
+                return
+            if detector == FACE_KEY:
+                report = cue_training.train_and_ship(
+                    clips, splits, features, det_cfg, cue_training.FitParams(l2=l2), settings, seed
+                )
+            elif detector in (KEY_V1, KEY_V3):
+                report = siglip_training.train_and_ship(
+                    detector, clips, splits, features, det_cfg, params, settings
+                )
+            else:
+                report = tr.train_and_ship(
+                    clips,
+                    splits,
+                    features,
+                    det_cfg,
+                    params,
+                    settings,
+                    state_path=state_dir / f"{KEY}.state.pt",
+                    resume=resume,
+                    on_epoch=on_epoch,
+                )
         except tr.DatasetError as exc:
             err.print(f"error: {exc}", highlight=False)
             raise typer.Exit(2) from exc
-    training = report["training"]
-    if training.resumed_from is not None:
-        out.print(f"resumed after epoch {training.resumed_from}")
+    training = report.get("training")
+    resumed = getattr(training, "resumed_from", None)
+    if resumed is not None:
+        out.print(f"resumed after epoch {resumed}")
+    if training is not None:
+        out.print(f"best epoch {training.best_epoch} of {training.epochs_run}")
     out.print(
-        f"best epoch {training.best_epoch} of {training.epochs_run}; "
         f"wrote {out_dir / report['checkpoint']} (sha256 {report['sha256'][:12]}), "
-        f"{out_dir / (KEY + '.md')}, {out_dir / 'manifest.json'}"
+        f"{out_dir / (detector + '.md')}, {out_dir / 'manifest.json'}"
     )
     _print_reports({"test (held out)": report["measured"]["test"]})
 
