@@ -114,6 +114,9 @@ class Detector(ABC, Generic[ConfigT]):
     key: ClassVar[str]
     version: ClassVar[str]
     config_class: ClassVar[type[DetectorConfig]]
+    # ABSTAIN reasons that are facts about the bytes (same file, version and weights: same
+    # answer), so a stored one may be reused like a verdict; errors never are.
+    final_abstentions: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config

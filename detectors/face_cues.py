@@ -26,11 +26,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import cv2
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from detectors.base import (
     DetectorConfig,
@@ -76,9 +76,6 @@ _EPS = 1e-6
 class FaceCuesConfig(CalibratedConfig):
     """Settings of ``face-cues-v1``."""
 
-    num_frames: int = Field(
-        1, ge=1, description="Evenly spaced frames wanted from the shared decode (unused)."
-    )
     run_frames: int = Field(
         48, ge=8, description="Consecutive frames from the start that the cues are measured on."
     )
@@ -94,6 +91,12 @@ class FaceCuesConfig(CalibratedConfig):
     face_upsample: int = Field(
         0, ge=0, le=2, description="dlib upsampling passes; each finds smaller faces, 4x cost."
     )
+
+    @model_validator(mode="after")
+    def _faces_fit_the_run(self) -> Self:
+        if self.min_faces > self.run_frames:
+            raise ValueError("min_faces cannot exceed run_frames")
+        return self
 
     def feature_settings(self) -> dict[str, Any]:
         """The settings that shape ``prepare``'s output (the training feature cache keys on
@@ -372,8 +375,8 @@ class FaceCuesDetector(CalibratedDetector[FaceCuesConfig]):
 
     @property
     def num_frames(self) -> int:
-        """Frames wanted from the evenly spaced sample (the cues use the run instead)."""
-        return self.config.num_frames
+        """None of the evenly spaced sample: the cues use the run."""
+        return 0
 
     @property
     def run_frames(self) -> int:

@@ -87,14 +87,16 @@ def decode_sampled(
 ) -> SampledFrames:
     """Decode once, front to back, keeping ``num_frames`` frames evenly spaced in time, and the
     first ``run`` frames as they come (``SampledFrames.run``: consecutive, for motion cues).
+    With ``num_frames`` 0 decoding stops once the run is full (after one frame at least: the
+    stream must decode).
 
     Target ``i`` lies at ``(i + 0.5) * duration / num_frames``; it takes the first frame shown
     at or after it. Fewer frames come back when the video holds fewer than ``num_frames``
     (one frame is never repeated). Frames are RGB uint8, display-rotated, downscaled so the
     longest side is at most ``max_side``; timestamps are seconds from the stream's start.
     """
-    if num_frames < 1:
-        raise ValueError("num_frames must be at least 1")
+    if num_frames < 0 or run < 0:
+        raise ValueError("num_frames and run must not be negative")
     path = Path(path)
     with opened(path, limits) as (container, stream, info, start_s), decode_errors(path):
         sampled = _sample(container, stream, info, start_s, num_frames, limits, max_side, run)
@@ -164,7 +166,7 @@ def _sample(
 ) -> SampledFrames:
     targets = _targets(info.duration_s, n)
     run: list[np.ndarray] = []
-    interval = 1.0 / info.fps if info.fps > 0 else info.duration_s / n
+    interval = 1.0 / info.fps if info.fps > 0 else info.duration_s / max(n, 1)
     frames: list[np.ndarray] = []
     timestamps: list[float] = []
     next_target = 0
@@ -216,6 +218,8 @@ def _sample(
 
     if last is None:
         raise CorruptVideo(f"no frame of {info.duration_s:.1f} s could be decoded")
+    if n == 0:
+        _check_rest(container, stream, info, start_s, decoded, last[1], limits)
     if next_target < n:
         # The last frame stays on screen for one frame interval: targets inside it are covered.
         last_frame, last_t = last
@@ -231,6 +235,44 @@ def _sample(
                 f"only {n - missing} of {n} sampled frames could be decoded"
             )
     return SampledFrames(info, frames, timestamps, run=run)
+
+
+def _check_rest(
+    container: InputContainer,
+    stream: VideoStream,
+    info: VideoInfo,
+    start_s: float,
+    decoded: int,
+    reached_s: float,
+    limits: DecodeLimits,
+) -> None:
+    """After a decode that stopped early (only the run was wanted), read the remaining packets
+    without decoding them (milliseconds, against seconds of decoding): a stream that ends well
+    before its stated duration is a cut-off copy, and an endless one meets the frame limit, as
+    when every frame is decoded. The tolerance is the sampled decode's: the stream must reach
+    half its duration."""
+    end, count = reached_s, decoded
+    try:
+        for packet in container.demux(stream):
+            if not packet.size:
+                continue
+            count += 1
+            if count > limits.max_decoded_frames:
+                raise TooManyFrames(
+                    f"more than {limits.max_decoded_frames} frames in the stream "
+                    f"(reached {_time_str(end)} of {_time_str(info.duration_s)})"
+                )
+            if packet.pts is not None and packet.time_base is not None:
+                end = max(end, float(packet.pts * packet.time_base) - start_s)
+    except (av.FFmpegError, ValueError, EOFError) as exc:
+        raise CorruptVideo(
+            f"reading the stream failed at {_time_str(end)} of {_time_str(info.duration_s)}: "
+            f"{_reason(exc)}"
+        ) from exc
+    if info.duration_s > 0 and end * 2 < info.duration_s:
+        raise CorruptVideo(
+            f"the video stream ends at {_time_str(end)} of {_time_str(info.duration_s)}"
+        )
 
 
 def frame_time(frame: VideoFrame, index: int, start_s: float, fps: float) -> float:

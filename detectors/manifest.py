@@ -11,6 +11,7 @@ the manifest's. Paths in the manifest are relative to the manifest's folder.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -30,6 +31,8 @@ from pydantic import (
 
 from detectors.base import Detector, Label, NetworkConfig
 from detectors.weights import WeightsError
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "drishtiksha.weights-manifest/1"
 MANIFEST_NAME = "manifest.json"
@@ -78,11 +81,6 @@ class HeldOut(BaseModel):
     roc_auc_ci95: Band = Field(description="95% bootstrap interval over groups.")
     clips: int = Field(ge=1, description="Held-out clips measured.")
     report: str = Field(description="Where the measurement is written up.")
-
-    @property
-    def indistinguishable_from_chance(self) -> bool:
-        """The interval reaches down to 0.5 (or below): the ranking may be luck."""
-        return self.roc_auc_ci95[0] <= 0.5
 
 
 class ManifestEntry(BaseModel):
@@ -293,8 +291,27 @@ class CalibratedDetector(Detector[CalibratedT]):
         return self._operating
 
     def use_operating_point(self, entry: ManifestEntry | None) -> None:
-        """Take the entry's operating point, but for what the configuration says explicitly."""
+        """Take the entry's operating point, but for what the configuration says explicitly.
+        Settings that differ from those the point was measured with are logged: the weights
+        still load, but their threshold and held-out figures may not hold."""
         cfg = self.config
+        if entry is not None:
+            current = cfg.model_dump(mode="json")
+            changed = sorted(
+                name
+                for name, value in entry.detector_config.items()
+                if name in current and current[name] != value
+            )
+            if changed:
+                log.warning(
+                    "%s: %s differ from the settings %s's operating point was measured with",
+                    self.key,
+                    ", ".join(
+                        f"{n} ({current[n]!r}, measured {entry.detector_config[n]!r})"
+                        for n in changed
+                    ),
+                    entry.file,
+                )
         self._operating = operating_point(
             entry,
             cfg.threshold,

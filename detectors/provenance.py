@@ -16,7 +16,11 @@ who signed, not that they told the truth. So the signal is narrow on purpose:
   history reported as provenance. A camera's "captured" claim is not treated as evidence of
   REAL: a re-recorded screen is captured too.
 
-Signatures are checked by the C2PA reference implementation (c2pa-rs, through c2pa-python).
+Signatures are checked by the C2PA reference implementation (c2pa-rs, through c2pa-python), in
+a child process with a deadline and an address-space limit (``detectors.c2pa_probe``: hostile
+manifests can make the reader use gigabytes or minutes); a check that fails so abstains with
+``check_failed``, which is never reused from the result cache. Nothing is fetched over the
+network (no remote manifests, no OCSP).
 Without ``trust_anchors`` a signer is "valid" but never "trusted"; with them, chains that end at
 one of those certificates are "trusted", and ``require_trusted`` limits FAKE to those.
 """
@@ -25,6 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +67,15 @@ class ProvenanceConfig(DetectorConfig):
         False,
         description="Say FAKE for a declared generative-AI origin only when the signer chains to "
         "one of trust_anchors; otherwise any valid signature is enough.",
+    )
+    timeout_s: float = Field(
+        30.0, gt=0, description="Longest the check of one file may take (then ABSTAIN)."
+    )
+    max_memory_mb: int = Field(
+        2048,
+        ge=256,
+        description="Address space of the child process that reads the manifest (hostile "
+        "manifests can make the reader use many times the file's size).",
     )
     generative_source_types: tuple[str, ...] = Field(
         GENERATIVE_SOURCE_TYPES,
@@ -173,15 +189,27 @@ class ProvenanceDetector(Detector[ProvenanceConfig]):
     key: ClassVar[str] = KEY
     version: ClassVar[str] = "1.0.0"
     config_class: ClassVar[type[DetectorConfig]] = ProvenanceConfig
+    # Every abstention here is what the file's bytes say (or fail to say) under this validator,
+    # trust list and settings: as reusable as a verdict.
+    final_abstentions: ClassVar[frozenset[str]] = frozenset(
+        {
+            "no_manifest",
+            "unsupported_format",
+            "invalid_manifest",
+            "unreadable_manifest",
+            "untrusted_signer",
+            "no_generative_ai_declared",
+        }
+    )
 
     def __init__(self, config: ProvenanceConfig) -> None:
         super().__init__(config)
-        self._context: c2pa.Context | None = None
+        self._settings: str | None = None  # the reader's settings (JSON), made by ``setup``
 
     @property
     def num_frames(self) -> int:
-        """One: the detector reads the container, not the pictures."""
-        return 1
+        """None: the detector reads the container, not the pictures."""
+        return 0
 
     @property
     def threshold(self) -> float:
@@ -194,7 +222,10 @@ class ProvenanceDetector(Detector[ProvenanceConfig]):
     def setup(self, device: str) -> None:
         """Build the validator's context (with the trust list, if any); ``device`` is unused."""
         trust = "none"
-        settings: dict[str, Any] = {"verify": {"verify_trust": False}}
+        # Nothing is fetched: no remote manifests, no OCSP (the daemon may run offline, and a
+        # hostile file must not make it call out).
+        verify = {"remote_manifest_fetch": False, "ocsp_fetch": False}
+        settings: dict[str, Any] = {"verify": verify | {"verify_trust": False}}
         anchors = self.config.trust_anchors
         if anchors is not None:
             try:
@@ -203,36 +234,68 @@ class ProvenanceDetector(Detector[ProvenanceConfig]):
                 raise WeightsError(f"cannot read trust_anchors {anchors}: {exc}") from exc
             trust = hashlib.sha256(pem).hexdigest()
             settings = {
-                "verify": {"verify_trust": True},
+                "verify": verify | {"verify_trust": True},
                 "trust": {"trust_anchors": pem.decode("ascii", "replace")},
             }
+        self._settings = json.dumps(settings)
         try:
-            self._context = c2pa.Context.from_dict(settings)
+            # Built once here only to refuse bad settings (a broken PEM) at start-up; files are
+            # read in a child process (``read``).
+            c2pa.Context.from_json(self._settings).close()
         except c2pa.C2paError as exc:
             raise WeightsError(f"trust_anchors {anchors}: {exc}") from exc
-        # No weights: the validator's version and the trust list stand in, so that a cached
-        # verdict is not reused across a change of either.
-        self._weights_id = f"c2pa-rs-{c2pa.sdk_version()}+trust-{trust[:16]}"
+        # No weights: the validator's version, the trust list and the settings that change a
+        # verdict stand in, so that a stored verdict is not reused across a change of any.
+        judging = self.config.model_dump_json(
+            include={"require_trusted", "generative_source_types"}
+        )
+        rules = hashlib.sha256(judging.encode()).hexdigest()[:8]
+        self._weights_id = f"c2pa-rs-{c2pa.sdk_version()}+trust-{trust[:16]}+rules-{rules}"
 
-    def read(self, path: Path) -> Provenance | None:
-        """The file's provenance, or None when it carries no manifest."""
-        if self._context is None:
+    def read(self, path: Path) -> dict[str, Any]:
+        """The child process's outcome for ``path`` (see ``detectors.c2pa_probe``); a child
+        that runs out of time or memory gives ``{"kind": "failed", ...}``."""
+        if self._settings is None:
             raise RuntimeError("setup() has not run")
-        with path.open("rb") as stream:
-            # The format comes from the bytes: uploads and S3 copies keep no useful extension.
-            reader = c2pa.Reader.try_create(stream, context=self._context)
-            if reader is None:
-                return None
-            with reader:
-                return summarise(_json(reader.json()))
+        cfg = self.config
+        command = [sys.executable, "-m", "detectors.c2pa_probe", str(path)]
+        try:
+            done = subprocess.run(
+                [*command, str(cfg.max_memory_mb * 2**20)],
+                input=self._settings,
+                capture_output=True,
+                text=True,
+                timeout=cfg.timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return {"kind": "failed", "message": f"took longer than {cfg.timeout_s:g} s"}
+        if done.returncode != 0:
+            # An allocation past the limit aborts the child (c2pa-rs does not return errors
+            # for it), and so would anything else that kills it.
+            why = f"exited with {done.returncode}"
+            if done.returncode < 0:
+                why = f"was killed by {signal.Signals(-done.returncode).name}"
+            return {
+                "kind": "failed",
+                "message": f"{why} (memory limit {cfg.max_memory_mb} MB): "
+                + done.stderr.strip()[-300:],
+            }
+        outcome: dict[str, Any] = json.loads(done.stdout)
+        return outcome
 
     def prepare(self, frames: SampledFrames) -> Finding:
-        """Read and judge the manifest (cheap: one pass over the file for the hash check)."""
+        """Read and judge the manifest in a child process (one pass over the file for the
+        content hash when there is a manifest)."""
         if frames.path is None:
             raise ValueError(f"{KEY} needs the decoded file's path")
-        try:
-            found = self.read(frames.path)
-        except c2pa.C2paError.NotSupported:
+        outcome = self.read(frames.path)
+        if outcome["kind"] == "failed":
+            # Not a fact about the bytes (a loaded machine can time out too): never reused.
+            return Finding(
+                _abstain("check_failed", f"content credentials check {outcome['message']}")
+            )
+        if outcome["kind"] == "unsupported":
             # WebM, Matroska, MPEG-TS: C2PA defines no way to embed a manifest in them.
             return Finding(
                 _abstain(
@@ -240,10 +303,20 @@ class ProvenanceDetector(Detector[ProvenanceConfig]):
                     f"content credentials cannot be embedded in {frames.info.container} files",
                 )
             )
-        except c2pa.C2paError as exc:
-            return Finding(_abstain("unreadable_manifest", f"content credentials: {exc}"))
-        if found is None:
+        if outcome["kind"] == "error":
+            return Finding(
+                _abstain("unreadable_manifest", f"content credentials: {outcome['message']}")
+            )
+        if outcome["kind"] == "none":
             return Finding(_abstain("no_manifest", "no content credentials in the file"))
+        try:
+            found = summarise(outcome["store"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # A manifest store the reader accepted but whose JSON has an unexpected shape: the
+            # video is still judged by the other detectors.
+            return Finding(
+                _abstain("unreadable_manifest", f"content credentials: {type(exc).__name__}: {exc}")
+            )
         details: dict[str, Any] = {"provenance": found.document()}
         if found.state == "invalid":
             failures = ", ".join(found.failures) or "unknown failure"
@@ -277,13 +350,6 @@ class ProvenanceDetector(Detector[ProvenanceConfig]):
     def predict(self, batch: Sequence[Any]) -> list[DetectorResult | DetectorError]:
         """Nothing left for the device: the findings were made in ``prepare``."""
         return [finding.result for finding in batch]
-
-
-def _json(text: str) -> dict[str, Any]:
-    data = json.loads(text)
-    if not isinstance(data, dict):
-        raise c2pa.C2paError(f"manifest store is a {type(data).__name__}, not an object")
-    return data
 
 
 def _abstain(reason: str, message: str, details: dict[str, Any] | None = None) -> DetectorResult:

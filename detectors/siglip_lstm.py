@@ -534,7 +534,10 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
     def _verdict(self, item: SiglipInput, video: float, frames: list[float]) -> DetectorResult:
         op = self.operating
         probability = op.probability(video)
-        frame_scores, view = self._frame_view(item, frames)
+        # Frame scores go on the verdict's scale, so that they compare with its threshold (the
+        # frame head has no calibration of its own; without a manifest entry this is the
+        # identity).
+        frame_scores, view = self._frame_view(item, [op.probability(p) for p in frames])
         return DetectorResult(
             label=op.label(probability),
             fake_probability=probability,
@@ -582,5 +585,5 @@ class SiglipLSTMv3(SiglipLSTMBase[SiglipLSTMv3Config]):
             "frame_window": cfg.frame_window,
             "frame_scores_raw": frames,
             "frame_scores_smoothed": smoothed,
-            "temporal": analyse(raw, cfg.threshold, cfg.frame_window),
+            "temporal": analyse(raw, self.threshold, cfg.frame_window),
         }

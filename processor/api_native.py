@@ -106,7 +106,9 @@ def _cached(state: ApiState, sha256: str, detectors: list[str]) -> list[StoredRe
     hits: list[StoredResult] = []
     for key in detectors:
         det = state.worker.pipeline.detectors[key]
-        hit = state.queue.find_cached(sha256, key, det.version, det.weights_id)
+        hit = state.queue.find_cached(
+            sha256, key, det.version, det.weights_id, det.final_abstentions
+        )
         if hit is None:
             return None
         hits.append(hit)
@@ -397,9 +399,7 @@ def detector_report(state: ApiState) -> list[dict[str, Any]]:
                 "configured": section is not None,
                 "loaded": det is not None,
                 "weights": det.weights_id if det is not None else None,
-                "dummy_weights": (
-                    str(section.get("weights", "dummy")) == "dummy" if section is not None else None
-                ),
+                "dummy_weights": det.weights_id == "dummy" if det is not None else None,
                 "device": state.device if det is not None else None,
                 "num_frames": det.num_frames if det is not None else None,
                 "reason": reason,

@@ -189,6 +189,10 @@ class PipelineRun:
         return None if self.seed_wall_s is None else self.seed_wall_s / self.ours_wall_s
 
 
+# The detectors the older service had, for which its way of running them can be timed.
+SEED_DETECTORS = frozenset({"color-cues-lstm-v1", "siglip-lstm-v1", "siglip-lstm-v3"})
+
+
 def bench_pipeline(
     pipeline: Pipeline, videos: list[Path], batch: int, seed_way: bool
 ) -> PipelineRun:

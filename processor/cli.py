@@ -186,7 +186,7 @@ def _visualize_one(pipeline: Any, path: Path, key: str, outcome: Any, folder: Pa
         label, prob, threshold = outcome.label.value, outcome.fake_probability, outcome.threshold
         scores = outcome.frame_scores
     else:
-        label, prob, threshold, scores = "ABSTAIN", None, det.config.threshold, []
+        label, prob, threshold, scores = "ABSTAIN", None, det.threshold, []
     folder.mkdir(parents=True, exist_ok=True)
     video = folder / f"{path.stem}.{key}.annotated.mp4"
     timeline = folder / f"{path.stem}.{key}.timeline.png"
@@ -261,7 +261,11 @@ def detectors_cmd(config: ConfigOpt = None) -> None:
     table = Table("key", "version", "status", "configured weights")
     for key, cls in registry.available().items():
         section = cfg.detectors.get(key)
-        weights = str(section.get("weights", "dummy")) if section is not None else "-"
+        # Detectors without weights (c2pa-provenance) have no such setting.
+        has_weights = "weights" in cls.config_class.model_fields
+        weights = "-"
+        if section is not None and has_weights:
+            weights = str(section.get("weights", "dummy"))
         status = "configured" if section is not None else "available"
         table.add_row(key, cls.version, status, weights)
     for key, why in registry.unavailable().items():
@@ -428,16 +432,24 @@ def bench_detectors_cmd(
 ) -> None:
     """Videos per second and time per stage through the detectors, ours against the older
     service's per-video, per-model, seek-per-frame way."""
-    from processor.bench import bench_pipeline, machine, video_files
+    from detectors import registry
+    from processor.bench import SEED_DETECTORS, bench_pipeline, machine, video_files
     from processor.daemon import build_detectors, decode_limits, resolve_device
     from processor.pipeline import Pipeline
 
     cfg = _config(config)
     keys = detectors.split(",") if detectors else list(cfg.detectors)
+    ours = sorted(set(keys) - SEED_DETECTORS)
+    if seed_way and ours:
+        err.print(f"error: the older service had no {', '.join(ours)}: add --no-seed-way")
+        raise typer.Exit(2)
     sections = {k: {**cfg.detectors.get(k, {})} for k in keys}
+    classes = registry.available()
     if weights is not None:
-        for section in sections.values():
-            section["weights"] = weights
+        for key, section in sections.items():
+            # Detectors without weights (c2pa-provenance) have no such setting.
+            if key in classes and "weights" in classes[key].config_class.model_fields:
+                section["weights"] = weights
     cfg = cfg.model_copy(update={"detectors": sections})
     try:
         built = build_detectors(cfg, keys)
@@ -454,7 +466,9 @@ def bench_detectors_cmd(
     out.print(f"machine: {machine()}, device {device}")
     out.print(
         f"command: drishtiksha bench detectors --detectors {','.join(keys)} --limit {limit} "
-        f"--batch {batch}" + (f" --weights {weights}" if weights else "")
+        f"--batch {batch}"
+        + (f" --weights {weights}" if weights else "")
+        + ("" if seed_way else " --no-seed-way")
     )
     table = Table("stage", "seconds", "per video (ms)")
     table.add_row(

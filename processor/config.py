@@ -164,7 +164,7 @@ class ApiConfig(_Section):
     default_model: str = Field(
         "",
         description="Detector for /analyze* when ?model= is absent; must be one an inbox uses "
-        "(empty: the first inbox's first detector).",
+        "(empty: the first detector of the first inbox, or of the first SQS source).",
     )
     analyze_priority: int = Field(
         100, description="Queue priority of /analyze* jobs: a client is waiting on them."
@@ -307,8 +307,14 @@ class Config(_Section):
         for source in sources:
             if not source.detectors:
                 source.detectors = list(self.detectors)
-        if not self.api.default_model and self.inboxes:
-            self.api.default_model = self.inboxes[0].detectors[0]
+            if not source.detectors:
+                raise ValueError(
+                    f"{source.name!r} has no detectors: list some, or configure at least one "
+                    "under 'detectors'"
+                )
+        keys = self.all_detector_keys()
+        if not self.api.default_model and keys:
+            self.api.default_model = keys[0]
         names = [inbox.name for inbox in self.inboxes]
         if len(set(names)) != len(names):
             raise ValueError(f"inbox names must be unique, got {names}")

@@ -140,8 +140,12 @@ def weights_warning(results: Sequence[StoredResult]) -> str | None:
 
 
 def job_verdict(job: JobView) -> dict[str, Any] | None:
-    """A job's overall verdict as stored when it finished; None unless it is done."""
-    return job.verdict if job.state is JobState.DONE else None
+    """A job's overall verdict as stored when it finished; None unless it is done. A job
+    finished by a worker of an older release during a rolling upgrade stored none: it gets
+    the rule those releases reported, "any FAKE"."""
+    if job.state is not JobState.DONE:
+        return None
+    return job.verdict if job.verdict is not None else overall_verdict(job.results)
 
 
 def verdict_document(job: JobView, video: VideoView | None, file: Path) -> dict[str, Any]:

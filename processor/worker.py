@@ -240,7 +240,9 @@ class Worker:
         remaining: list[str] = []
         for key in job.detectors:
             det = self.pipeline.detectors[key]
-            hit = self.queue.find_cached(job.video_sha256, key, det.version, det.weights_id)
+            hit = self.queue.find_cached(
+                job.video_sha256, key, det.version, det.weights_id, det.final_abstentions
+            )
             if hit is None:
                 remaining.append(key)
                 continue

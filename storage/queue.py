@@ -21,7 +21,7 @@ import enum
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -53,6 +53,9 @@ from storage.models import Job, JobResult, Video, WebhookDelivery, WorkerRow
 # is not a verdict to reuse; find_cached skips such results.
 _ABSTAIN = "ABSTAIN"
 VERDICT_LABELS = ("REAL", "FAKE", "UNCERTAIN", _ABSTAIN)
+# Stored results of one video looked at for a reusable one: the newest few are enough, and a
+# video resubmitted thousands of times must not make every lookup read them all.
+_CACHE_LOOKBACK = 20
 
 # Retries of a whole write transaction that found the database busy, with jittered back-off.
 _BUSY_ATTEMPTS = 4
@@ -468,26 +471,38 @@ class JobQueue:
         return self._write(work)
 
     def find_cached(
-        self, sha256: str, detector: str, version: str, weights_id: str
+        self,
+        sha256: str,
+        detector: str,
+        version: str,
+        weights_id: str,
+        final_abstentions: Collection[str] = (),
     ) -> StoredResult | None:
-        """The newest stored result (not itself an error: never an ABSTAIN) for these bytes,
-        detector, version and weights, from a done job."""
+        """The newest reusable stored result for these bytes, detector, version and weights,
+        from a done job. An ABSTAIN is reusable only when its ``details.reason`` is one of
+        ``final_abstentions`` (a fact about the bytes, such as "no content credentials"), never
+        when it records an error."""
+        conditions = [
+            Job.video_sha256 == sha256,
+            Job.state == JobState.DONE,
+            JobResult.detector == detector,
+            JobResult.version == version,
+            JobResult.weights_id == weights_id,
+        ]
+        if not final_abstentions:
+            conditions.append(JobResult.label != _ABSTAIN)
         with self._read() as session:
-            result = session.scalars(
+            rows = session.scalars(
                 select(JobResult)
                 .join(Job, JobResult.job_id == Job.id)
-                .where(
-                    Job.video_sha256 == sha256,
-                    Job.state == JobState.DONE,
-                    JobResult.detector == detector,
-                    JobResult.version == version,
-                    JobResult.weights_id == weights_id,
-                    JobResult.label != _ABSTAIN,
-                )
+                .where(*conditions)
                 .order_by(JobResult.created_at.desc(), JobResult.id.desc())
-                .limit(1)
-            ).first()
-            return None if result is None else _stored_result(result)
+                .limit(_CACHE_LOOKBACK)
+            )
+            for row in rows:
+                if row.label != _ABSTAIN or row.details.get("reason") in final_abstentions:
+                    return _stored_result(row)
+            return None
 
     def update_video(
         self,

@@ -162,7 +162,6 @@ async def test_name_collisions_get_a_suffix_never_overwrite(
 async def test_a_file_swapped_for_a_symlink_is_refused(
     lifecycle: Lifecycle, queue: JobQueue, inbox: InboxConfig, tmp_path: Path
 ) -> None:
-
     secret = tmp_path / "secret"
     secret.write_text("not for the detectors")
     link = inbox.path / "clip.mp4"

@@ -426,6 +426,26 @@ def test_find_cached_matches_bytes_detector_version_and_weights(queue: JobQueue)
     assert (found.job_id, found.label, found.cached_from_job) == ("pending", "REAL", "old")
 
 
+def test_abstentions_that_are_facts_about_the_bytes_can_be_reused(queue: JobQueue) -> None:
+    for job_id in ("a", "b", "c"):
+        add(queue, job_id, video=1)
+    claim_one(queue, "w1")
+    no_manifest = result("d1", label="ABSTAIN", fake_probability=None, details={"reason": "x"})
+    assert queue.complete("a", "w1", [no_manifest], VERDICT)
+    claim_one(queue, "w1")
+    crashed = result(
+        "d1", label="ABSTAIN", fake_probability=None, details={"reason": "internal_error"}
+    )
+    assert queue.complete("b", "w1", [crashed], VERDICT)
+
+    assert queue.find_cached(sha(1), "d1", "1", "w1") is None
+    # The newest is an error, never reused; the one before it states a fact.
+    found = queue.find_cached(sha(1), "d1", "1", "w1", final_abstentions={"x"})
+    assert found is not None
+    assert (found.job_id, found.label) == ("a", "ABSTAIN")
+    assert queue.find_cached(sha(1), "d1", "1", "w1", final_abstentions={"y"}) is None
+
+
 def test_list_pages_are_stable_across_inserts(queue: JobQueue, engine: Engine) -> None:
     for i in range(7):
         add(queue, f"j{i}")

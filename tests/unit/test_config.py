@@ -95,3 +95,10 @@ def test_detector_section_errors_name_the_detector_key(tmp_path: Path) -> None:
 def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml", environ={}, base=tmp_path)
+
+
+def test_no_detector_at_all_is_a_configuration_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("detectors: {}\n")
+    with pytest.raises(ConfigError, match="'default' has no detectors"):
+        load_config(path, environ={}, base=tmp_path)

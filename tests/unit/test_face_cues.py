@@ -196,3 +196,16 @@ def test_feature_cache_keeps_cues_and_no_face(tmp_path: Path) -> None:
     miss = cache.get("b" * 64)
     assert miss is not None
     assert miss.prepared == NoFace(48, 3)
+
+
+def test_settings_unlike_the_measured_ones_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    detector = registry.build(KEY, {"weights": "manifest", "run_frames": 24})
+    with caplog.at_level("WARNING", logger="detectors.manifest"):
+        detector.setup("cpu")
+    assert "run_frames (24, measured 48)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="detectors.manifest"):
+        registry.build(KEY, {"weights": "manifest"}).setup("cpu")
+    assert caplog.text == ""
+    with pytest.raises(ValueError, match="min_faces cannot exceed run_frames"):
+        registry.build(KEY, {"run_frames": 8, "min_faces": 9})

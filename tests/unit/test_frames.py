@@ -75,6 +75,19 @@ def test_run_holds_the_first_frames_in_order(h264: Path, samples: int) -> None:
     assert decode_sampled(h264, samples, LIMITS, max_side=160).run == []
 
 
+def test_run_alone_stops_decoding_early_but_still_notices_a_cut_off_stream(
+    media: Path, faststart: Path
+) -> None:
+    sample = decode_sampled(faststart, 0, LIMITS, max_side=160, run=12)
+    assert (len(sample.run), sample.frames) == (12, [])
+    assert decode_sampled(faststart, 0, LIMITS, max_side=160).run == []
+    # The first frames of a copy cut at 60% of its bytes decode fine; its packets end at 1.3 s
+    # of 4 s (the synthetic first frames are large).
+    cut = make_truncated(faststart, media / "run-cut.mp4", 0.6)
+    with pytest.raises(CorruptVideo, match="the video stream ends at"):
+        decode_sampled(cut, 0, LIMITS, max_side=160, run=12)
+
+
 def test_short_video_gives_each_frame_once(h264: Path) -> None:
     sample = decode_sampled(h264, 100, LIMITS, max_side=640)
 

@@ -23,6 +23,7 @@ from tests.credentials import (
     action,
     make_credentials,
     sign_video,
+    sign_with_bloated_assertion,
 )
 from tests.media import SHARED_VIDEOS, make_video
 
@@ -163,7 +164,9 @@ def test_trust_anchors(clip: Path, creds: Credentials, tmp_path: Path) -> None:
     assert judge(signed, trust_anchors=str(theirs)).label.value == "FAKE"
 
 
-def test_the_trust_list_is_part_of_the_weights_id(creds: Credentials, tmp_path: Path) -> None:
+def test_the_trust_list_and_rules_are_part_of_the_weights_id(
+    creds: Credentials, tmp_path: Path
+) -> None:
     def weights_id(**config: Any) -> str:
         detector = registry.build(KEY, config)
         detector.setup("cpu")
@@ -173,8 +176,10 @@ def test_the_trust_list_is_part_of_the_weights_id(creds: Credentials, tmp_path: 
     pem.write_bytes(creds.root_pem)
     plain = weights_id()
     assert plain.startswith("c2pa-rs-")
-    assert plain.endswith("+trust-none")
+    assert "+trust-none+rules-" in plain
     assert weights_id(trust_anchors=str(pem)) != plain
+    # So do the settings that change a verdict: a stored one is not reused across them.
+    assert weights_id(generative_source_types=["trainedAlgorithmicMedia"]) != plain
 
 
 def test_configuration_errors(tmp_path: Path) -> None:
@@ -205,3 +210,23 @@ def test_a_broken_manifest_does_not_fail_the_video(clip: Path, tmp_path: Path) -
     assert result.label.value == "ABSTAIN"
     assert result.details["reason"] == "unreadable_manifest"
     assert result.details["message"]
+
+
+def test_a_manifest_that_would_exhaust_memory_fails_alone(
+    clip: Path, creds: Credentials, tmp_path: Path
+) -> None:
+    """Reading this manifest needs a few GB (c2pa-rs blows its CBOR up ~140 times): the child
+    process that reads it meets its address-space limit and dies, the detector abstains."""
+    hostile = sign_with_bloated_assertion(clip, tmp_path / "bloated.mp4", creds, 4_000_000)
+    result = judge(hostile, max_memory_mb=256)
+    assert (result.label.value, result.details["reason"]) == ("ABSTAIN", "check_failed")
+    assert "memory limit 256 MB" in result.details["message"]
+
+
+def test_a_file_that_would_take_minutes_to_read_fails_alone(clip: Path, tmp_path: Path) -> None:
+    """c2pa-rs takes time quadratic in the number of boxes; the check has a deadline."""
+    slow = tmp_path / "boxes.mp4"
+    slow.write_bytes(clip.read_bytes() + b"\x00\x00\x00\x08free" * 200_000)
+    result = judge(slow, timeout_s=1)
+    assert (result.label.value, result.details["reason"]) == ("ABSTAIN", "check_failed")
+    assert "took longer than 1 s" in result.details["message"]

@@ -70,12 +70,20 @@ def _backfill() -> None:
     )
     for job_id, label, probability in rows:
         votes[job_id].append((label, probability))
-    for job_id, job_votes in votes.items():
-        verdict = _any_fake(job_votes)
+    updates = [
+        {"job": job_id, "label": verdict["label"], "doc": verdict}
+        for job_id, verdict in ((j, _any_fake(v)) for j, v in votes.items())
+    ]
+    if updates:
+        # One statement, many parameter sets: the upgrade holds the start-up lock.
         conn.execute(
             sa.update(jobs)
-            .where(jobs.c.id == job_id)
-            .values(verdict_label=verdict["label"], verdict=verdict)
+            .where(jobs.c.id == sa.bindparam("job"))
+            .values(
+                verdict_label=sa.bindparam("label"),
+                verdict=sa.bindparam("doc", type_=sa.JSON()),
+            ),
+            updates,
         )
 
 
