@@ -111,7 +111,7 @@ def analyze(
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task("analysing", total=len(paths))
         for path in paths:
-            rows.append(_analyze_one(pipeline, path, keys, visualize))
+            rows.append(_analyze_one(pipeline, path, keys, cfg.fusion, visualize))
             progress.advance(task)
     if as_json:
         for row in rows:
@@ -132,14 +132,27 @@ def analyze(
                 res["weights"][:12],
                 res["details"].get("reason", ""),
             )
+        verdict = row["verdict"]
+        prob = verdict["fake_probability"]
+        note = verdict.get("decided_by") or verdict["rule"]
+        table.add_row(
+            row["file"],
+            "overall",
+            verdict["label"],
+            "-" if prob is None else f"{prob:.3f}",
+            "-",
+            note,
+            end_section=True,
+        )
     out.print(table)
 
 
 def _analyze_one(
-    pipeline: Any, path: Path, keys: list[str], visualize: Path | None = None
+    pipeline: Any, path: Path, keys: list[str], fusion: Any, visualize: Path | None = None
 ) -> dict[str, Any]:
     from detectors.base import DetectorResult
     from detectors.errors import DetectorError
+    from processor.verdict import overall_verdict
 
     try:
         prepared = pipeline.prepare(path, keys)
@@ -171,7 +184,8 @@ def _analyze_one(
                     "details": {"reason": outcome.code, "message": outcome.message},
                 }
             )
-    return {"file": str(path), "detectors": results}
+    votes = [_Vote(r["detector"], r["label"], r["fake_probability"], r["details"]) for r in results]
+    return {"file": str(path), "verdict": overall_verdict(votes, fusion), "detectors": results}
 
 
 def _visualize_one(pipeline: Any, path: Path, key: str, outcome: Any, folder: Path) -> Any:

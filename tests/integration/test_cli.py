@@ -43,6 +43,12 @@ def test_analyze_judges_good_and_bad_files_without_moving_them(
     assert res["weights"] == "dummy"
     assert res["label"] in ("REAL", "FAKE")
     assert 0.0 <= res["fake_probability"] <= 1.0
+    # One detector: the fused verdict is its own.
+    verdict = by_file["face.mp4"]["verdict"]
+    assert (verdict["label"], verdict["fake_probability"]) == (
+        res["label"],
+        res["fake_probability"],
+    )
     assert by_file["notes.mp4"]["error"]["code"] == "not_a_video"
     assert good.exists()
     assert bad.exists()
