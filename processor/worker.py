@@ -23,7 +23,7 @@ from processor.lifecycle import Lifecycle
 from processor.pipeline import Outcome, Pipeline, PreparedVideo
 from processor.verdict import overall_verdict
 from storage.errors import StorageError
-from storage.queue import Claimed, JobQueue, NewResult
+from storage.queue import Claimed, JobQueue, NewResult, WorkerView
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,24 @@ def _new_result(key: str, pipeline: Pipeline, outcome: Outcome, elapsed: float) 
         details={"reason": outcome.code, "message": outcome.message},
         elapsed_s=elapsed,
     )
+
+
+def gone_here(workers: list[WorkerView], host: str) -> list[WorkerView]:
+    """Workers on ``host`` that never stopped cleanly and whose process no longer exists. (In
+    another PID namespace under the same host name a live worker would look gone: it then only
+    loses its leases, and its completions are refused, so work is redone, never recorded
+    twice.)"""
+    return [w for w in workers if w.host == host and w.stopped_at is None and not _running(w.pid)]
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 class Worker:
@@ -128,6 +146,10 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then drain for the grace period and release the rest."""
         await self._heartbeat()
+        try:
+            await self._io(self._reclaim_from_the_dead)
+        except StorageError as exc:
+            log.warning("could not look for dead workers on this host: %s", exc)
         loops = self._loops = [
             asyncio.create_task(self._claim_loop(stop), name="claim"),
             asyncio.create_task(self._batch_loop(), name="batch"),
@@ -154,6 +176,18 @@ class Worker:
                 await self._io(self.queue.worker_stopped, self.worker_id)
             self._prepare_pool.shutdown(wait=False, cancel_futures=True)
             self._device_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _reclaim_from_the_dead(self) -> None:
+        """After a crash (kill -9, out of memory) the restarted worker would otherwise wait a
+        whole lease before redoing the dead one's jobs."""
+        for dead in gone_here(self.queue.workers(self.qc.lease_s), socket.gethostname()):
+            ended = self.queue.expire_leases(dead.id)
+            log.warning(
+                "worker %s (pid %d on this host) is gone; %d of its jobs can be claimed now",
+                dead.id,
+                dead.pid,
+                ended,
+            )
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         capacity = self.batching.max_videos * 2

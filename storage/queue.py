@@ -457,6 +457,27 @@ class JobQueue:
 
         self._write(work)
 
+    def expire_leases(self, worker_id: str) -> int:
+        """A worker known to be dead (its process is gone): end its leases now instead of when
+        they run out, and mark it stopped. Unlike ``release`` the attempts stand, so a video
+        that kills its worker still meets ``max_attempts``. Returns the leases ended."""
+
+        def work(conn: Connection) -> int:
+            now = _now()
+            ended = conn.execute(
+                update(Job)
+                .where(Job.state == JobState.RUNNING, Job.lease_owner == worker_id)
+                .values(lease_expires=now)
+            )
+            conn.execute(
+                update(WorkerRow)
+                .where(WorkerRow.id == worker_id, WorkerRow.stopped_at.is_(None))
+                .values(stopped_at=now)
+            )
+            return int(ended.rowcount)
+
+        return self._write(work)
+
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued job; False when it is not queued."""
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
+import subprocess
 import threading
 import time
 import types
@@ -17,6 +20,7 @@ from sqlalchemy import Column, Engine, Integer, MetaData, event, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 import storage.queue
+from processor.worker import gone_here
 from storage.db import downgrade, make_engine, ping, upgrade, write_engine
 from storage.errors import StorageBusy, StorageUnavailable
 from storage.models import Base, Job
@@ -444,6 +448,29 @@ def test_abstentions_that_are_facts_about_the_bytes_can_be_reused(queue: JobQueu
     assert found is not None
     assert (found.job_id, found.label) == ("a", "ABSTAIN")
     assert queue.find_cached(sha(1), "d1", "1", "w1", final_abstentions={"y"}) is None
+
+
+def test_a_dead_local_workers_leases_end_at_once_and_keep_their_attempts(
+    queue: JobQueue,
+) -> None:
+    host = socket.gethostname()
+    dead_pid = subprocess.Popen(["true"])  # a pid that no longer runs
+    dead_pid.wait()
+    queue.heartbeat("dead", host, dead_pid.pid, "worker")
+    queue.heartbeat("alive", host, os.getpid(), "worker")
+    queue.heartbeat("elsewhere", "another-host", dead_pid.pid, "worker")
+    add(queue, "j1", video=1)
+    add(queue, "j2", video=2)
+    assert claim_one(queue, "dead").id == "j1"
+    assert claim_one(queue, "alive").id == "j2"
+    assert queue.claim("w2", 5, LONG_LEASE_S) == []
+
+    gone = gone_here(queue.workers(alive_within_s=60), host)
+    assert [w.id for w in gone] == ["dead"]
+    assert queue.expire_leases("dead") == 1
+    [job] = queue.claim("w2", 5, LONG_LEASE_S)
+    assert (job.id, job.attempts) == ("j1", 2)  # the dead worker's attempt counts
+    assert gone_here(queue.workers(alive_within_s=60), host) == []  # marked stopped
 
 
 def test_list_pages_are_stable_across_inserts(queue: JobQueue, engine: Engine) -> None:
