@@ -184,13 +184,20 @@ def source_tree_manifest() -> Path:
     return Path(__file__).resolve().parents[1] / "weights" / MANIFEST_NAME
 
 
-def find_manifest(explicit: str | None) -> Path:
+def find_manifest(explicit: str | None, key: str) -> Path:
     """The manifest ``weights: manifest`` reads: ``explicit`` when set, else
-    ``weights/manifest.json`` under the working directory, else the source checkout's."""
+    ``weights/manifest.json`` under the working directory when it has a default entry for
+    ``key`` (a local manifest made for other detectors does not hide the shipped weights),
+    else the source checkout's."""
     if explicit is not None:
         return Path(explicit)
     local = Path("weights") / MANIFEST_NAME
-    return local if local.exists() else source_tree_manifest()
+    if not local.exists():
+        return source_tree_manifest()
+    entries = read_manifest(local).entries
+    if any(e.detector == key and e.default for e in entries):
+        return local
+    return source_tree_manifest()
 
 
 class CalibratedConfig(NetworkConfig):
@@ -204,7 +211,8 @@ class CalibratedConfig(NetworkConfig):
     manifest: str | None = Field(
         None,
         description="Weights manifest to read (default: weights/manifest.json under the working "
-        "directory, else the source checkout's; for a checkpoint path, the manifest beside it).",
+        "directory when it lists this detector, else the source checkout's; for a checkpoint "
+        "path, the manifest beside it).",
     )
 
     @field_validator("uncertain_band")
@@ -330,7 +338,7 @@ def resolve_weights(
     registered sha256. A path takes the entry with its sha256 from ``manifest`` (or the manifest
     beside the file, when there is one)."""
     if weights == FROM_MANIFEST:
-        manifest_path = find_manifest(manifest)
+        manifest_path = find_manifest(manifest, key)
         entry = read_manifest(manifest_path).default_entry(key)
         sha256 = load(manifest_path.parent / entry.file)
         if sha256 != entry.sha256:

@@ -26,9 +26,11 @@ from detectors.manifest import (
     ManifestEntry,
     ManifestError,
     OperatingPoint,
+    find_manifest,
     operating_point,
     read_manifest,
     register,
+    source_tree_manifest,
 )
 from detectors.weights import WeightsError, sha256_file
 
@@ -204,3 +206,14 @@ def test_manifest_weights_without_a_manifest_fail_clearly(tmp_path: Path) -> Non
     )
     with pytest.raises(ManifestError, match="not found"):
         detector.setup("cpu")
+
+
+def test_a_local_manifest_without_the_key_falls_back_to_the_shipped_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment's own weights/manifest.json (say, from `weights import` of a seed
+    checkpoint) lists other detectors: it must not hide the shipped weights of this one."""
+    register(tmp_path / "weights" / "manifest.json", _entry())  # color-cues only
+    monkeypatch.chdir(tmp_path)
+    assert find_manifest(None, KEY) == Path("weights") / "manifest.json"
+    assert find_manifest(None, "face-cues-v1") == source_tree_manifest()
