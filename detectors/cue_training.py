@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,24 +24,22 @@ from detectors.face_cues import (
 from detectors.manifest import register
 from detectors.training import (
     GROUP_RULE,
-    SPLITS,
-    Calibrated,
     Clip,
     DatasetError,
     Features,
     ShipSettings,
     Split,
     calibrate,
-    count_rows,
-    dataset_table,
-    label_counts,
+    card_data,
+    card_header,
+    card_results,
+    data_summary,
     measure,
-    metrics_table,
     predict_prepared,
     shipped_entry,
+    split_clips,
     split_file,
     today,
-    why_unusable,
     with_held_out,
     write_split_file,
 )
@@ -125,9 +122,7 @@ def train_and_ship(
     seed: int,
 ) -> dict[str, Any]:
     """The whole run; returns the report the model card shows."""
-    by_split: dict[Split, list[Clip]] = {s: [] for s in SPLITS}
-    for clip, split in zip(clips, splits, strict=True):
-        by_split[split].append(clip)
+    by_split = split_clips(clips, splits)
 
     def usable(split: Split) -> tuple[np.ndarray, np.ndarray]:
         rows = [
@@ -173,6 +168,7 @@ def train_and_ship(
     report = {
         "detector": KEY,
         "checkpoint": weights.name,
+        "card": card.name,
         "sha256": entry.sha256,
         "settings": settings,
         "params": params,
@@ -180,13 +176,7 @@ def train_and_ship(
         "model": model,
         "train_clips": len(train_y),
         "operating_point": calibrated,
-        "counts": {s: label_counts(by_split[s]) for s in SPLITS},
-        "groups": {s: len({c.group for c in by_split[s]}) for s in SPLITS},
-        "unusable": {
-            c.file: why_unusable(features[c.sha256].prepared)
-            for c in clips
-            if not isinstance(features[c.sha256].prepared, FaceCuesInput)
-        },
+        **data_summary(clips, by_split, features, FaceCuesInput),
         "measured": measured,
         "date": today(),
     }
@@ -200,24 +190,14 @@ def model_card(report: Mapping[str, Any]) -> str:
     settings: ShipSettings = report["settings"]
     params: FitParams = report["params"]
     model: CueModel = report["model"]
-    op: Calibrated = report["operating_point"]
-    test, val = report["measured"]["test"], report["measured"]["val"]
-    band = "none" if op.uncertain_band is None else "[{:.4f}, {:.4f}]".format(*op.uncertain_band)
     coef_rows = "\n".join(
         f"| `{name}` | {m:.4g} | {s:.4g} | {c:+.3f} |"
         for name, m, s, c in zip(CUES, model.mean, model.scale, model.coef, strict=True)
     )
-    unusable = "\n".join(f"- `{f}`: {why}" for f, why in sorted(report["unusable"].items()))
-    return f"""# Model card: {report["detector"]} (`{report["checkpoint"]}`)
-
-sha256 `{report["sha256"]}`. Trained {report["date"]} by `drishtiksha train`; code version
-`{settings.code_version}`.
-
-Command:
-
-```sh
-{settings.command}
-```
+    data = card_data(
+        report, "Clips without usable cues (left out of training; ABSTAIN in evaluation):"
+    )
+    return f"""{card_header(report)}
 
 ## What it is
 
@@ -235,48 +215,14 @@ gradient descent ({params.steps} steps, rate {params.learning_rate}) from zero o
 {report["train_clips"]} usable training clips; the settings were fixed before any split was
 scored.
 
-## Training data
-
-From `{settings.data_source}`. Clips per split, REAL / FAKE:
-
-| dataset | train | val | test |
-|---|---|---|---|
-{count_rows(report["counts"])}
-
-Groups per split: train {report["groups"]["train"]}, val {report["groups"]["val"]}, test
-{report["groups"]["test"]}. Every clip, its sha256, group and split:
-`{split_file(Path(report["checkpoint"]).with_suffix(".md")).name}`.
-
-Clips without usable cues (left out of training; ABSTAIN in evaluation):
-
-{unusable or "- none"}
+{data}
 
 ### Split rule
 
 {GROUP_RULE} Seed {report["seed"]}; target fractions val {settings.val_fraction:.2f}, test
 {settings.test_fraction:.2f} per label (the same split as color-cues-lstm-v1 with the same seed).
 
-## Operating point (chosen on the validation split only)
-
-- Calibration: Platt scaling, a = {op.calibration.a:.4f}, b = {op.calibration.b:.4f}.
-- Threshold: {op.threshold:.4f}, chosen at the {op.rule}.
-- UNCERTAIN band: {band}.
-
-## Held-out test split
-
-{test["n"]} clips ({test["n_real"]} REAL, {test["n_fake"]} FAKE) from groups never seen in
-training or validation; {test["n_scored"]} scored, {test["n_decided"]} decided. 95% intervals:
-percentile bootstrap over groups ({settings.resamples} resamples, seed {report["seed"]}).
-
-{metrics_table(test)}
-
-Per source dataset (test split):
-
-{dataset_table(test["per_dataset"])}
-
-Validation split (used for the operating point, so optimistic):
-
-{metrics_table(val)}
+{card_results(report, report["seed"])}
 
 ## Limitations
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,8 +32,6 @@ from detectors.siglip_lstm import (
 )
 from detectors.training import (
     GROUP_RULE,
-    SPLITS,
-    Calibrated,
     Clip,
     DatasetError,
     Features,
@@ -42,15 +39,15 @@ from detectors.training import (
     Split,
     TrainParams,
     calibrate,
-    count_rows,
-    dataset_table,
-    label_counts,
+    card_data,
+    card_header,
+    card_results,
+    data_summary,
     measure,
-    metrics_table,
     shipped_entry,
+    split_clips,
     split_file,
     today,
-    why_unusable,
     with_held_out,
     write_split_file,
 )
@@ -173,9 +170,7 @@ def train_and_ship(
     checkpoint, its manifest entry and model card. Returns the report the card shows."""
     if config.backbone is None:
         raise WeightsError("the SigLIP heads are trained on a backbone folder's embeddings")
-    by_split: dict[Split, list[Clip]] = {s: [] for s in SPLITS}
-    for clip, split in zip(clips, splits, strict=True):
-        by_split[split].append(clip)
+    by_split = split_clips(clips, splits)
 
     def usable(split: Split) -> list[tuple[Embedded, int]]:
         return [
@@ -228,19 +223,14 @@ def train_and_ship(
     report = {
         "detector": key,
         "checkpoint": heads.name,
+        "card": card.name,
         "sha256": entry.sha256,
         "settings": settings,
         "params": params,
         "training": result,
         "backbone": config.backbone,
         "operating_point": calibrated,
-        "counts": {s: label_counts(by_split[s]) for s in SPLITS},
-        "groups": {s: len({c.group for c in by_split[s]}) for s in SPLITS},
-        "unusable": {
-            c.file: why_unusable(features[c.sha256].prepared)
-            for c in clips
-            if not isinstance(features[c.sha256].prepared, Embedded)
-        },
+        **data_summary(clips, by_split, features, Embedded),
         "measured": measured,
         "date": today(),
     }
@@ -251,23 +241,10 @@ def train_and_ship(
 
 def model_card(report: Mapping[str, Any]) -> str:
     """The model card (markdown) of a ``train_and_ship`` report."""
-    settings: ShipSettings = report["settings"]
     params: TrainParams = report["params"]
     training: HeadsResult = report["training"]
-    op: Calibrated = report["operating_point"]
-    test, val = report["measured"]["test"], report["measured"]["val"]
-    band = "none" if op.uncertain_band is None else "[{:.4f}, {:.4f}]".format(*op.uncertain_band)
-    unusable = "\n".join(f"- `{f}`: {why}" for f, why in sorted(report["unusable"].items()))
-    return f"""# Model card: {report["detector"]} heads (`{report["checkpoint"]}`)
-
-sha256 `{report["sha256"]}`. Trained {report["date"]} by `drishtiksha train`; code version
-`{settings.code_version}`.
-
-Command:
-
-```sh
-{settings.command}
-```
+    data = card_data(report, "Clips without embeddings (left out; ABSTAIN in evaluation):")
+    return f"""{card_header(report, " heads")}
 
 ## What it is
 
@@ -276,21 +253,7 @@ trained on embeddings of the frozen SigLIP tower in `{report["backbone"]}` (its 
 in the manifest entry). Load it with `backbone:` set to that folder and `weights:` this file (or
 `weights: manifest`).
 
-## Training data
-
-From `{settings.data_source}`. Clips per split, REAL / FAKE:
-
-| dataset | train | val | test |
-|---|---|---|---|
-{count_rows(report["counts"])}
-
-Groups per split: train {report["groups"]["train"]}, val {report["groups"]["val"]}, test
-{report["groups"]["test"]}. Every clip, its sha256, group and split:
-`{split_file(Path(report["checkpoint"]).with_suffix("").with_suffix(".md")).name}`.
-
-Clips without embeddings (left out; ABSTAIN in evaluation):
-
-{unusable or "- none"}
+{data}
 
 ### Split rule
 
@@ -305,25 +268,5 @@ validation video BCE, patience {params.patience}: best epoch {training.best_epoc
 {training.epochs_run} run (budget {params.epochs}); validation loss
 {training.best_val_loss:.4f}.
 
-## Operating point (chosen on the validation split only)
-
-- Calibration: Platt scaling, a = {op.calibration.a:.4f}, b = {op.calibration.b:.4f}.
-- Threshold: {op.threshold:.4f}, chosen at the {op.rule}.
-- UNCERTAIN band: {band}.
-
-## Held-out test split
-
-{test["n"]} clips ({test["n_real"]} REAL, {test["n_fake"]} FAKE); {test["n_scored"]} scored,
-{test["n_decided"]} decided. 95% intervals: percentile bootstrap over groups
-({settings.resamples} resamples).
-
-{metrics_table(test)}
-
-Per source dataset (test split):
-
-{dataset_table(test["per_dataset"])}
-
-Validation split (used for the operating point, so optimistic):
-
-{metrics_table(val)}
+{card_results(report, params.seed)}
 """

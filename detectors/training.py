@@ -792,9 +792,7 @@ def train_and_ship(
     seed's key names), register it in the manifest, measure it on the held-out test split
     through the detector's own ``predict``, and write the model card and its split file.
     Returns the report the card shows."""
-    by_split: dict[Split, list[Clip]] = {s: [] for s in SPLITS}
-    for clip, split in zip(clips, splits, strict=True):
-        by_split[split].append(clip)
+    by_split = split_clips(clips, splits)
 
     def examples(split: Split) -> list[Example]:
         found = [(c, features[c.sha256].prepared) for c in by_split[split]]
@@ -842,6 +840,7 @@ def train_and_ship(
     report = {
         "detector": KEY,
         "checkpoint": checkpoint.name,
+        "card": card.name,
         "sha256": entry.sha256,
         "settings": settings,
         "params": params,
@@ -854,19 +853,40 @@ def train_and_ship(
             "features": config.histogram_bins**2,
             "hidden_size": config.hidden_size,
         },
-        "counts": {s: label_counts(by_split[s]) for s in SPLITS},
-        "groups": {s: len({c.group for c in by_split[s]}) for s in SPLITS},
-        "unusable": {
-            c.file: why_unusable(features[c.sha256].prepared)
-            for c in clips
-            if not isinstance(features[c.sha256].prepared, ColorCuesInput)
-        },
+        **data_summary(clips, by_split, features, ColorCuesInput),
         "measured": measured,
         "date": today(),
     }
     write_split_file(split_file(card), KEY, clips, splits, features, settings, params.seed)
     card.write_text(model_card(report))
     return report
+
+
+def split_clips(clips: Sequence[Clip], splits: Sequence[Split]) -> dict[Split, list[Clip]]:
+    """The clips of each split, in order."""
+    by_split: dict[Split, list[Clip]] = {s: [] for s in SPLITS}
+    for clip, split in zip(clips, splits, strict=True):
+        by_split[split].append(clip)
+    return by_split
+
+
+def data_summary(
+    clips: Sequence[Clip],
+    by_split: Mapping[Split, Sequence[Clip]],
+    features: Mapping[str, Features],
+    usable: type,
+) -> dict[str, Any]:
+    """What a model card says of the data: clips per dataset and label and groups per split,
+    and why each clip whose prepared input is not ``usable`` was left out."""
+    return {
+        "counts": {s: label_counts(by_split[s]) for s in SPLITS},
+        "groups": {s: len({c.group for c in by_split[s]}) for s in SPLITS},
+        "unusable": {
+            c.file: why_unusable(features[c.sha256].prepared)
+            for c in clips
+            if not isinstance(features[c.sha256].prepared, usable)
+        },
+    }
 
 
 def shipped_entry(
@@ -1036,6 +1056,81 @@ def dataset_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def card_header(report: Mapping[str, Any], what: str = "") -> str:
+    """A model card's title, weights hash, date, code version and the command that trained."""
+    settings: ShipSettings = report["settings"]
+    return f"""# Model card: {report["detector"]}{what} (`{report["checkpoint"]}`)
+
+sha256 `{report["sha256"]}`. Trained {report["date"]} by `drishtiksha train`; code version
+`{settings.code_version}`.
+
+Command:
+
+```sh
+{settings.command}
+```"""
+
+
+def card_data(report: Mapping[str, Any], unusable_heading: str, totals: bool = False) -> str:
+    """A model card's "Training data" section up to its split rule: clips per dataset and split
+    (with a totals row when ``totals``), groups, the split file, and the clips left out."""
+    settings: ShipSettings = report["settings"]
+    counts = report["counts"]
+    total_row = ""
+    if totals:
+        sums = " | ".join(
+            f"{sum(v['REAL'] for v in counts[s].values())} / "
+            f"{sum(v['FAKE'] for v in counts[s].values())}"
+            for s in SPLITS
+        )
+        total_row = f"\n| **all** | {sums} |"
+    unusable = "\n".join(f"- `{f}`: {why}" for f, why in sorted(report["unusable"].items()))
+    return f"""## Training data
+
+From `{settings.data_source}`. Clips per split, REAL / FAKE:
+
+| dataset | train | val | test |
+|---|---|---|---|
+{count_rows(counts)}{total_row}
+
+Groups per split: train {report["groups"]["train"]}, val {report["groups"]["val"]}, test
+{report["groups"]["test"]}. Every clip, its sha256, group and split:
+`{split_file(Path(report["card"])).name}`.
+
+{unusable_heading}
+
+{unusable or "- none"}"""
+
+
+def card_results(report: Mapping[str, Any], seed: int) -> str:
+    """A model card's operating point and held-out metrics (with the validation split's)."""
+    settings: ShipSettings = report["settings"]
+    op: Calibrated = report["operating_point"]
+    test, val = report["measured"]["test"], report["measured"]["val"]
+    band = "none" if op.uncertain_band is None else "[{:.4f}, {:.4f}]".format(*op.uncertain_band)
+    return f"""## Operating point (chosen on the validation split only)
+
+- Calibration: Platt scaling, a = {op.calibration.a:.4f}, b = {op.calibration.b:.4f}.
+- Threshold: {op.threshold:.4f}, chosen at the {op.rule}.
+- UNCERTAIN band: {band}.
+
+## Held-out test split
+
+{test["n"]} clips ({test["n_real"]} REAL, {test["n_fake"]} FAKE) from groups never seen in
+training or validation; {test["n_scored"]} scored, {test["n_decided"]} decided. 95% intervals:
+percentile bootstrap over groups ({settings.resamples} resamples, seed {seed}).
+
+{metrics_table(test)}
+
+Per source dataset (test split):
+
+{dataset_table(test["per_dataset"])}
+
+Validation split (used for the operating point, so optimistic):
+
+{metrics_table(val)}"""
+
+
 def model_card(report: Mapping[str, Any]) -> str:
     """The model card (markdown) of a ``train_and_ship`` report."""
     settings: ShipSettings = report["settings"]
@@ -1051,26 +1146,15 @@ def model_card(report: Mapping[str, Any]) -> str:
         else f"{band}, the {settings.uncertain_fraction:.0%} of validation clips nearest the "
         "threshold"
     )
-    counts = report["counts"]
-    totals = " | ".join(
-        f"{sum(v['REAL'] for v in counts[s].values())} / "
-        f"{sum(v['FAKE'] for v in counts[s].values())}"
-        for s in SPLITS
-    )
-    unusable = "\n".join(f"- `{f}`: {why}" for f, why in sorted(report["unusable"].items()))
     history = training.history
     windows = report["windows"]
     stopped = ", stopped early" if training.stopped_early else ""
-    return f"""# Model card: {report["detector"]} (`{report["checkpoint"]}`)
-
-sha256 `{report["sha256"]}`. Trained {report["date"]} by `drishtiksha train`; code version
-`{settings.code_version}`.
-
-Command:
-
-```sh
-{settings.command}
-```
+    data = card_data(
+        report,
+        "Clips without usable features (left out of training; scored ABSTAIN in evaluation):",
+        totals=True,
+    )
+    return f"""{card_header(report)}
 
 ## What it is
 
@@ -1081,22 +1165,7 @@ names and loads in the seed unchanged. Training standardised every histogram bin
 standard deviation over the training frames); the standardisation is folded into the LSTM's
 input weights, so the checkpoint takes raw histograms like the seed's.
 
-## Training data
-
-From `{settings.data_source}`. Clips per split, REAL / FAKE:
-
-| dataset | train | val | test |
-|---|---|---|---|
-{count_rows(counts)}
-| **all** | {totals} |
-
-Groups per split: train {report["groups"]["train"]}, val {report["groups"]["val"]}, test
-{report["groups"]["test"]}. Every clip, its sha256, group and split:
-`{split_file(Path(report["checkpoint"]).with_suffix(".md")).name}`.
-
-Clips without usable features (left out of training; scored ABSTAIN in evaluation):
-
-{unusable or "- none"}
+{data}
 
 ### Split rule
 
