@@ -71,6 +71,12 @@ class InboxConfig(_Section):
         60.0, gt=0, description="Periodic full scan that catches events the observer missed."
     )
     recursive: bool = False
+    open_write_wait_s: float = Field(
+        600.0,
+        gt=0,
+        description="With inotify, a file that was written to waits for its writer to close "
+        "it, for at most this long after its last event.",
+    )
 
 
 class LimitsConfig(_Section):
@@ -105,6 +111,13 @@ class QueueConfig(_Section):
     poll_s: float = Field(1.0, gt=0, description="How often an idle worker looks for jobs.")
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, time to finish held jobs before releasing them."
+    )
+    finalize_sweep_s: float = Field(
+        10.0,
+        gt=0,
+        description="How often the ingest side places the files of jobs that ended without "
+        "their worker doing it (failed by max_attempts, a move that failed); also how long "
+        "after a job ends before the sweep takes it over.",
     )
 
 

@@ -117,7 +117,11 @@ class Daemon:
         queue = JobQueue(engine)
         worker: Worker | None = None
         lifecycle = Lifecycle(
-            queue, self.config.inboxes, self.config.queue, webhooks=self.config.webhooks
+            queue,
+            self.config.inboxes,
+            self.config.queue,
+            webhooks=self.config.webhooks,
+            max_file_bytes=self.config.limits.max_file_bytes,
         )
         runner: web.AppRunner | None = None
         watchers: list[FolderWatcher | SqsSource] = []
@@ -139,6 +143,7 @@ class Daemon:
             if self.role in ("all", "ingest"):
                 lifecycle.prepare_folders()
                 await lifecycle.recover()
+                stop_tasks.append(asyncio.create_task(lifecycle.sweep_forever()))
                 for inbox in self.config.inboxes:
                     watcher = FolderWatcher(
                         inbox.path,
@@ -148,6 +153,7 @@ class Daemon:
                         polling=inbox.polling,
                         polling_interval_s=inbox.polling_interval_s,
                         recursive=inbox.recursive,
+                        open_write_wait_s=inbox.open_write_wait_s,
                     )
                     await watcher.start()
                     watchers.append(watcher)

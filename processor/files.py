@@ -56,21 +56,53 @@ def _copy_no_overwrite(src: Path, dst: Path) -> None:
         os.fsync(fout.fileno())
 
 
+def name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that ``folder``'s filesystem accepts."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _fit(stem: str, tail: str, limit: int) -> str:
+    """``stem + tail``, the stem cut so the whole fits in ``limit`` bytes of the filesystem's
+    encoding. A name that already fits is kept as it was."""
+    encoded, room = os.fsencode(stem), max(limit - len(os.fsencode(tail)), 0)
+    if len(encoded) <= room:
+        return stem + tail
+    # Never cut a UTF-8 character in half: step back over continuation bytes (10xxxxxx).
+    while 0 < room < len(encoded) and encoded[room] & 0xC0 == 0x80:
+        room -= 1
+    return os.fsdecode(encoded[:room]) + tail
+
+
 def free_name(folder: Path, name: str, sidecar_suffix: str) -> Path:
-    """``folder/name``, or ``name-1.ext``, ``name-2.ext``... when it or its sidecar exists."""
+    """``folder/name``, or ``name-1.ext``, ``name-2.ext``... when it or its sidecar exists.
+
+    The sidecar is ``<name><sidecar_suffix>``, so a name near the filesystem's limit (255 bytes
+    on most) is shortened, at a character boundary and keeping its extension, until the sidecar's
+    name fits too: a long name must never stop a job from being finished.
+    """
+    limit = name_max(folder)
     stem, suffix = os.path.splitext(name)
-    candidate = folder / name
+    if len(os.fsencode(suffix)) > 16:
+        stem, suffix = name, ""  # not an extension: a long tail after the last dot
     n = 0
-    while candidate.exists() or candidate.with_name(candidate.name + sidecar_suffix).exists():
+    while True:
+        tail = (f"-{n}" if n else "") + suffix
+        fitted = _fit(stem, tail, limit - len(sidecar_suffix))
+        candidate = folder / fitted
+        sidecar = folder / (fitted + sidecar_suffix)
+        if not candidate.exists() and not sidecar.exists():
+            return candidate
         n += 1
-        candidate = folder / f"{stem}-{n}{suffix}"
-    return candidate
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write JSON via a temporary file in the same folder and a rename, so readers never see a
     half-written sidecar."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    # A short fixed prefix: the target's own name may already be as long as the filesystem allows.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".sidecar-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2, ensure_ascii=False, default=str)

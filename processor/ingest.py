@@ -3,7 +3,9 @@
 Events alone are not trusted: inotify drops events when its queue overflows and network shares
 deliver none for remote writers. Events, a startup scan and a periodic rescan all feed one
 candidate table, and a file is handed over only once it has been quiet and its size and mtime
-have stopped changing.
+have stopped changing. Where inotify reports writes, a file written to is also held until its
+writer closes it (IN_CLOSE_WRITE), so a writer that pauses longer than the quiet period is not
+read half-way; ``open_write_wait_s`` bounds that wait for a writer that never closes.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class _Candidate:
     last_event: float
     signature: _Signature | None = None
     changed_at: float = 0.0
+    writing: bool = False  # written to since the last close-after-write (inotify only)
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,15 @@ class _EventForwarder(FileSystemEventHandler):
         wanted: Callable[[Path], bool],
         touched: Callable[[Path], None],
         gone: Callable[[Path], None],
+        written: Callable[[Path], None],
+        closed: Callable[[Path], None],
     ) -> None:
         self._loop = loop
         self._wanted = wanted
         self._touched = touched
         self._gone = gone
+        self._written = written
+        self._closed = closed
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
@@ -105,6 +112,10 @@ class _EventForwarder(FileSystemEventHandler):
             self._forward(self._touched, event.dest_path)
         elif isinstance(event, FileDeletedEvent):
             self._forward(self._gone, event.src_path)
+        elif isinstance(event, FileModifiedEvent):
+            self._forward(self._written, event.src_path)
+        elif isinstance(event, FileClosedEvent):
+            self._forward(self._closed, event.src_path)
         else:
             self._forward(self._touched, event.src_path)
 
@@ -128,8 +139,10 @@ class FolderWatcher:
         polling: bool = False,
         polling_interval_s: float = 1.0,
         recursive: bool = False,
+        open_write_wait_s: float = 600.0,
     ) -> None:
         self._folder = folder.absolute()
+        self._open_write_wait_s = open_write_wait_s
         self._on_stable = on_stable
         self._quiet_s = quiet_s
         self._check_interval_s = check_interval_s
@@ -149,8 +162,18 @@ class FolderWatcher:
         observer: BaseObserver = (
             PollingObserver(timeout=self._polling_interval_s) if self._polling else Observer()
         )
+        # The polling observer reports modifications from snapshots and never a close: there
+        # a write is only a touch, and the quiet period alone decides.
+        written = self._touched if self._polling else self._written
         observer.schedule(
-            _EventForwarder(asyncio.get_running_loop(), self._wanted, self._touched, self._gone),
+            _EventForwarder(
+                asyncio.get_running_loop(),
+                self._wanted,
+                self._touched,
+                self._gone,
+                written,
+                self._closed,
+            ),
             str(self._folder),
             recursive=self._recursive,
             event_filter=[
@@ -254,6 +277,14 @@ class FolderWatcher:
         else:
             candidate.last_event = monotonic()
 
+    def _written(self, path: Path) -> None:
+        self._touched(path)
+        self._candidates[path].writing = True
+
+    def _closed(self, path: Path) -> None:
+        self._touched(path)
+        self._candidates[path].writing = False
+
     def _gone(self, path: Path) -> None:
         self._candidates.pop(path, None)
         self._handed_over.pop(path, None)
@@ -291,6 +322,14 @@ class FolderWatcher:
                 or checked_at - candidate.changed_at < self._quiet_s
             ):
                 continue
+            if candidate.writing:
+                if checked_at - candidate.last_event < self._open_write_wait_s:
+                    continue  # its writer still has it open
+                logger.warning(
+                    "%s: written to and not closed for %.0f s; taking it as complete",
+                    path,
+                    checked_at - candidate.last_event,
+                )
             del self._candidates[path]
             handed = self._handed_over.get(path)
             if handed is not None and handed.signature == signature:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import stat
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -31,13 +33,23 @@ from processor.files import (
     sha256_file,
     write_json_atomic,
 )
-from processor.verdict import error_document, verdict_document
+from processor.verdict import error_document, refusal_document, verdict_document
 from processor.webhooks import enqueue_for
+from storage.errors import StorageError
 from storage.queue import JobQueue, JobState, JobView
 
 log = logging.getLogger(__name__)
 
 _JOB_DIR_LEN = 32  # uuid4().hex
+# A file still being written changes between the stats around its hashing; after this many
+# tries it is queued under the last hash, and finalize judges it again if it changed since.
+_HASH_TRIES = 5
+
+
+def file_stat(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns): what changes when a writer adds to a file."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 class Lifecycle:
@@ -50,8 +62,10 @@ class Lifecycle:
         queue_config: QueueConfig,
         on_enqueued: Callable[[], None] = lambda: None,
         webhooks: WebhooksConfig | None = None,
+        max_file_bytes: int | None = None,
     ) -> None:
         self.queue = queue
+        self.max_file_bytes = max_file_bytes
         self.inboxes = {inbox.name: inbox for inbox in inboxes}
         self.queue_config = queue_config
         self.on_enqueued = on_enqueued
@@ -59,6 +73,8 @@ class Lifecycle:
         # A backlog found by the startup scan arrives all at once; hashing a few files at a
         # time keeps memory and database contention bounded.
         self._accepting = asyncio.Semaphore(4)
+        # A worker thread finishing a job and the sweep may reach the same job at once.
+        self._finalizing = threading.Lock()
 
     def prepare_folders(self) -> None:
         """Create every configured folder (the work area must exist before the first move)."""
@@ -69,10 +85,33 @@ class Lifecycle:
     async def accept(self, inbox: InboxConfig, path: Path) -> None:
         """A stable file in ``inbox``: move it into the work area and queue its job."""
         async with self._accepting:
+            size = (await asyncio.to_thread(path.lstat)).st_size
+            if self.max_file_bytes is not None and size > self.max_file_bytes:
+                # Refused before reading a byte: hashing a multi-GB file only to refuse it
+                # would hold up every file behind it.
+                await asyncio.to_thread(self._refuse_oversize, inbox, path, size)
+                return
             job_id = uuid.uuid4().hex
             job_dir = inbox.work / job_id
             await asyncio.to_thread(self._claim_file, path, job_dir)
             await self._enqueue(inbox, job_dir / path.name, job_id, str(path))
+
+    def _refuse_oversize(self, inbox: InboxConfig, path: Path, size: int) -> None:
+        """Move a file over ``limits.max_file_bytes`` to failed/ with its .error.json; no job
+        is made (as an over-limit upload gets a 413), since its bytes were never read."""
+        inbox.failed.mkdir(parents=True, exist_ok=True)
+        while True:
+            dest = free_name(inbox.failed, path.name, ERROR_SUFFIX)
+            try:
+                move_no_overwrite(path, dest)
+            except FileExistsError:
+                continue
+            break
+        fsync_dir(inbox.failed)
+        message = f"{size} bytes is over limits.max_file_bytes ({self.max_file_bytes})"
+        doc = refusal_document(dest, str(path), "file_too_large", message)
+        write_json_atomic(dest.with_name(dest.name + ERROR_SUFFIX), doc)
+        log.warning("refused %s: %s; moved to %s", path, message, dest)
 
     @staticmethod
     def _claim_file(path: Path, job_dir: Path) -> None:
@@ -89,9 +128,7 @@ class Lifecycle:
         fsync_dir(job_dir.parent)
 
     async def _enqueue(self, inbox: InboxConfig, work_file: Path, job_id: str, ref: str) -> None:
-        size, digest = await asyncio.to_thread(
-            lambda: (work_file.stat().st_size, sha256_file(work_file))
-        )
+        (size, mtime_ns), digest = await asyncio.to_thread(_stable_hash, work_file)
         created = await asyncio.to_thread(
             self.queue.enqueue,
             job_id=job_id,
@@ -104,6 +141,7 @@ class Lifecycle:
             work_path=str(work_file),
             priority=inbox.priority,
             max_attempts=self.queue_config.max_attempts,
+            file_stat=(size, mtime_ns),
         )
         if created:
             log.info("job %s queued: %s (%d bytes, sha256 %s)", job_id, ref, size, digest[:12])
@@ -132,17 +170,97 @@ class Lifecycle:
                 await self._enqueue(
                     inbox, work_file, job_dir.name, str(inbox.path / work_file.name)
                 )
-        for job in await asyncio.to_thread(self.queue.unfinalized):
-            await asyncio.to_thread(self.finalize, job)
+        await self.sweep()
+
+    async def sweep(self, finished_before: dt.datetime | None = None) -> None:
+        """Finalize jobs that ended without their files being placed: at start-up all of them;
+        while running, those that ended before ``finished_before`` (a job failed by
+        ``max_attempts`` in some worker's claim, a move that failed for lack of space). One job
+        that cannot be placed is logged and left for the next sweep; it never stops the rest."""
+        for job in await asyncio.to_thread(self.queue.unfinalized, finished_before):
+            try:
+                await asyncio.to_thread(self.finalize, job)
+            except (OSError, StorageError):
+                log.exception("job %s: could not place its file; will try again", job.id)
+
+    async def sweep_forever(self) -> None:
+        """Run ``sweep`` every ``queue.finalize_sweep_s``, for jobs ended at least that long
+        ago (the worker that ended a job normally places its file at once)."""
+        period = self.queue_config.finalize_sweep_s
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.sweep(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=period))
+            except StorageError as exc:
+                log.warning("finalize sweep failed, will retry: %s", exc)
 
     def finalize(self, job: JobView) -> None:
         """Put a finished job's file where it belongs, queue its webhooks, and mark it
         finalized. Idempotent: a crash before the mark repeats it all at the next start (so a
         webhook may be sent twice; receivers dedupe)."""
-        self._place_file(job)
-        if self.webhooks is not None:
-            enqueue_for(self.queue, self.webhooks, job)
+        with self._finalizing:
+            current = self.queue.get(job.id)
+            if current is None or current.finalized_at is not None:
+                return
+            if self._rejudge_if_changed(current):
+                return
+            self._place_file(current)
+            if self.webhooks is not None:
+                enqueue_for(self.queue, self.webhooks, current)
+            self.queue.mark_finalized(current.id)
+
+    def _rejudge_if_changed(self, job: JobView) -> bool:
+        """An inbox file that changed after its sha256 was taken (a writer that paused longer
+        than ``quiet_s``, then went on) was judged on bytes that are no longer there. Then the
+        file becomes a new job under its new hash, and this job ends without a file or sidecar:
+        no verdict is ever written beside bytes other than those it judged."""
+        if job.source_kind != "folder" or job.file_stat is None or job.work_path is None:
+            return False
+        if job.state is JobState.CANCELLED or job.output_path is not None:
+            return False  # cancelled jobs are not judged; a placed file was checked already
+        inbox = self.inboxes.get(job.inbox or "")
+        work_file = Path(job.work_path)
+        try:
+            now = file_stat(work_file)
+        except FileNotFoundError:
+            return False
+        if inbox is None or now == job.file_stat:
+            return False
+        digest = sha256_file(work_file)
+        if digest == job.video_sha256:
+            return False  # touched, not changed
+        new_id = uuid.uuid4().hex
+        new_file = inbox.work / new_id / work_file.name
+        self._claim_file(work_file, new_file.parent)
+        (size, mtime_ns), digest = _stable_hash(new_file)
+        self.queue.enqueue(
+            job_id=new_id,
+            sha256=digest,
+            size_bytes=size,
+            source_kind="folder",
+            source_ref=job.source_ref,
+            detectors=list(job.detectors),
+            inbox=inbox.name,
+            work_path=str(new_file),
+            priority=inbox.priority,
+            max_attempts=self.queue_config.max_attempts,
+            file_stat=(size, mtime_ns),
+        )
         self.queue.mark_finalized(job.id)
+        with contextlib.suppress(OSError):
+            os.rmdir(work_file.parent)
+        log.warning(
+            "job %s: %s changed after it was hashed (%d -> %d bytes); judging it again as "
+            "job %s (sha256 %s)",
+            job.id,
+            job.source_ref,
+            job.file_stat[0],
+            size,
+            new_id,
+            digest[:12],
+        )
+        self.on_enqueued()
+        return True
 
     def _place_file(self, job: JobView) -> None:
         """Move the file to done/ or failed/ with its sidecar, or drop our own copy."""
@@ -187,3 +305,17 @@ class Lifecycle:
         with contextlib.suppress(OSError):
             os.rmdir(work_file.parent)
         log.info("job %s %s: %s -> %s", job.id, job.state.value, job.source_ref, dest)
+
+
+def _stable_hash(path: Path) -> tuple[tuple[int, int], str]:
+    """The file's sha256 and its (size, mtime_ns) as it was when that hash began. A file that
+    changes while being hashed is hashed again; one that never holds still is recorded with
+    the stat of its last hash, which then no longer matches, so finalize judges it again."""
+    after = file_stat(path)
+    for _ in range(_HASH_TRIES):
+        before = after
+        digest = sha256_file(path)
+        after = file_stat(path)
+        if after == before:
+            break
+    return before, digest

@@ -168,6 +168,23 @@ def verdict_document(job: JobView, video: VideoView | None, file: Path) -> dict[
     return doc
 
 
+def refusal_document(file: Path, ref: str, code: str, message: str) -> dict[str, Any]:
+    """The .error.json for an inbox file refused before any job was made for it (over the
+    size limit): the shape of ``error_document`` with no job, hash or attempts."""
+    now = dt.datetime.now(dt.UTC)
+    return {
+        "schema": ERROR_SCHEMA,
+        "file": file.name,
+        "source": {"kind": "folder", "ref": ref},
+        "sha256": None,
+        "job_id": None,
+        "state": "failed",
+        "error": {"code": code, "message": message},
+        "attempts": 0,
+        "timestamps": {"created": now, "started": None, "finished": now},
+    }
+
+
 def error_document(job: JobView, file: Path) -> dict[str, Any]:
     """The .error.json for a failed or cancelled job."""
     return {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -192,18 +193,32 @@ class Worker:
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         capacity = self.batching.max_videos * 2
         while not stop.is_set():
-            free = capacity - len(self.held)
+            # A solo job (its last worker died with others held) runs with nothing beside it.
+            solo = any(job.solo for job in self.held.values())
+            free = 0 if solo else capacity - len(self.held)
             claimed: list[Claimed] = []
             if free > 0:
                 try:
                     claimed = await self._io(
-                        self.queue.claim, self.worker_id, free, self.qc.lease_s
+                        functools.partial(
+                            self.queue.claim,
+                            self.worker_id,
+                            free,
+                            self.qc.lease_s,
+                            busy=bool(self.held),
+                        )
                     )
                 except StorageError as exc:
                     log.warning("claim failed, will retry: %s", exc)
             for job in claimed:
                 self.held[job.id] = job
-                log.info("job %s running (attempt %d): %s", job.id, job.attempts, job.source_ref)
+                log.info(
+                    "job %s running (attempt %d%s): %s",
+                    job.id,
+                    job.attempts,
+                    ", alone after a worker was lost" if job.solo else "",
+                    job.source_ref,
+                )
                 self._spawn(self._prepare(job))
             if not claimed or len(claimed) == free:
                 self.wake.clear()
@@ -374,6 +389,6 @@ class Worker:
             return
         try:
             await self._io(self.lifecycle.finalize, view)
-        except OSError:
-            # The job row is final; the next start's recovery retries the file move.
+        except (OSError, StorageError):
+            # The job row is final; the finalize sweep retries the file move.
             log.exception("job %s: could not move its file", job_id)

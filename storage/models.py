@@ -26,6 +26,8 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -101,6 +103,14 @@ class Job(Base):
         Index("ix_jobs_created", "created_at", "id"),
         # list ?label=: done jobs by their stored overall verdict, newest first.
         Index("ix_jobs_verdict_created", "verdict_label", "created_at", "id"),
+        # the finalisation sweep: finished jobs whose files have not been placed yet.
+        Index(
+            "ix_jobs_unfinalized",
+            "state",
+            "finished_at",
+            sqlite_where=text("finalized_at IS NULL"),
+            postgresql_where=text("finalized_at IS NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -121,6 +131,11 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None]
     cached: Mapped[bool]
+    # Its last worker died holding other jobs too: run it alone before crashes count (0005).
+    solo: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # The inbox file's size and mtime when its sha256 was taken (None for other sources).
+    file_size: Mapped[int | None] = mapped_column(BigInteger)
+    file_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     # The overall verdict, fused by the rule configured when the job finished, kept as it was
     # then: a later change of rule or weights does not rewrite what was already reported.
     verdict_label: Mapped[str | None] = mapped_column(String(16))

@@ -145,6 +145,9 @@ class JobView:
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
     finalized_at: dt.datetime | None  # files moved and sidecar written
+    solo: bool = False  # runs alone after a crash that took other jobs down with it
+    # (size, mtime_ns) of the inbox file when its sha256 was taken; None for other sources.
+    file_stat: tuple[int, int] | None = None
     # The overall verdict as fused when the job finished (None unless done).
     verdict: dict[str, Any] | None = None
     results: list[StoredResult] = field(default_factory=list)
@@ -201,6 +204,7 @@ class Claimed:
     source_ref: str
     detectors: list[str]
     attempts: int  # including this one
+    solo: bool = False  # to be run with no other job held (see ``JobQueue.claim``)
 
 
 class JobQueue:
@@ -223,9 +227,11 @@ class JobQueue:
         work_path: str | None = None,
         priority: int = 0,
         max_attempts: int = 3,
+        file_stat: tuple[int, int] | None = None,
     ) -> bool:
         """Insert the video row (if new) and the job row in one transaction. Idempotent on
-        ``job_id``: returns False (and changes nothing) when the job already exists."""
+        ``job_id``: returns False (and changes nothing) when the job already exists.
+        ``file_stat`` is the (size, mtime_ns) of ``work_path`` when ``sha256`` was taken."""
 
         def work(conn: Connection) -> None:
             now = _now()
@@ -246,6 +252,8 @@ class JobQueue:
                 "run_after": now,
                 "cached": False,
                 "created_at": now,
+                "file_size": file_stat[0] if file_stat else None,
+                "file_mtime_ns": file_stat[1] if file_stat else None,
             }
             if not _insert_if_absent(conn, Job.id, job):
                 raise _JobExists  # rolls back the video row too
@@ -256,21 +264,42 @@ class JobQueue:
             return False
         return True
 
-    def claim(self, worker_id: str, limit: int, lease_s: float) -> list[Claimed]:
+    def claim(
+        self, worker_id: str, limit: int, lease_s: float, *, busy: bool = False
+    ) -> list[Claimed]:
         """Take up to ``limit`` runnable jobs, highest priority then oldest first. Runnable:
         state queued with run_after <= now, or state running with an expired lease (reclaimed
         from a dead worker). Sets state running, lease_owner, lease_expires = now + lease_s,
-        attempts += 1, started_at. A reclaimed job whose attempts already reached max_attempts is
-        failed with error_code 'max_attempts' instead of being returned. SQLite: BEGIN IMMEDIATE +
-        UPDATE ... RETURNING; Postgres: SELECT ... FOR UPDATE SKIP LOCKED."""
+        attempts += 1, started_at. SQLite: BEGIN IMMEDIATE + UPDATE ... RETURNING; Postgres:
+        SELECT ... FOR UPDATE SKIP LOCKED.
+
+        A worker that dies takes its whole batch down, and which video killed it is unknown. So
+        a job whose lease ran out while it shared its worker is not charged for it: it gets the
+        attempt back and becomes ``solo``. A solo job is handed only to a worker that holds
+        nothing else (``busy`` False), alone, and while one waits busy workers take nothing new,
+        so it soon runs by itself; only a crash then counts, and a solo job that has used up its
+        attempts is failed with error_code 'max_attempts' instead of being returned.
+        """
         if limit <= 0:
             return []
 
         def work(conn: Connection) -> list[Claimed]:
             now = _now()
             expired = and_(Job.state == JobState.RUNNING, Job.lease_expires <= now)
-            # Every attempt so far died with its worker (killed, out of memory): stop here rather
-            # than let a poisonous video take down workers forever.
+            conn.execute(
+                update(Job)
+                .where(_ids_in(conn, select(Job.id).where(expired, Job.solo.is_(False))))
+                .values(
+                    state=JobState.QUEUED,
+                    lease_owner=None,
+                    lease_expires=None,
+                    attempts=Job.attempts - 1,
+                    solo=True,
+                    run_after=now,
+                )
+            )
+            # Every attempt so far died with its worker while running alone (killed, out of
+            # memory): stop here rather than let a poisonous video take down workers forever.
             exhausted = select(Job.id).where(expired, Job.attempts >= Job.max_attempts)
             conn.execute(
                 update(Job)
@@ -278,25 +307,27 @@ class JobQueue:
                 .values(
                     state=JobState.FAILED,
                     error_code="max_attempts",
-                    error_message="the lease ran out on the last allowed attempt (worker lost?)",
+                    error_message="the worker was lost on the last allowed attempt, with this "
+                    "video running alone",
                     lease_expires=None,
                     finished_at=now,
                 )
             )
-            runnable = (
-                select(Job.id)
-                .where(
-                    or_(
-                        and_(Job.state == JobState.QUEUED, Job.run_after <= now),
-                        and_(expired, Job.attempts < Job.max_attempts),
-                    )
-                )
-                .order_by(Job.priority.desc(), Job.created_at, Job.id)
-                .limit(limit)
+            runnable = or_(
+                and_(Job.state == JobState.QUEUED, Job.run_after <= now),
+                and_(expired, Job.attempts < Job.max_attempts),
             )
+            order = (Job.priority.desc(), Job.created_at, Job.id)
+            solo = select(Job.id).where(runnable, Job.solo.is_(True)).order_by(*order).limit(1)
+            if conn.execute(solo).first() is not None:
+                if busy:
+                    return []
+                chosen = solo
+            else:
+                chosen = select(Job.id).where(runnable).order_by(*order).limit(limit)
             rows = conn.execute(
                 update(Job)
-                .where(_ids_in(conn, runnable))
+                .where(_ids_in(conn, chosen))
                 .values(
                     state=JobState.RUNNING,
                     lease_owner=worker_id,
@@ -313,6 +344,7 @@ class JobQueue:
                     Job.attempts,
                     Job.priority,
                     Job.created_at,
+                    Job.solo,
                 )
             ).all()
             return [
@@ -323,6 +355,7 @@ class JobQueue:
                     source_ref=r.source_ref,
                     detectors=list(r.detectors),
                     attempts=r.attempts,
+                    solo=r.solo,
                 )
                 # RETURNING comes back in no particular order.
                 for r in sorted(rows, key=lambda r: (-r.priority, r.created_at, r.id))
@@ -459,8 +492,9 @@ class JobQueue:
 
     def expire_leases(self, worker_id: str) -> int:
         """A worker known to be dead (its process is gone): end its leases now instead of when
-        they run out, and mark it stopped. Unlike ``release`` the attempts stand, so a video
-        that kills its worker still meets ``max_attempts``. Returns the leases ended."""
+        they run out, and mark it stopped. Unlike ``release`` this is a crash, and ``claim``
+        charges it as one, so a video that kills its worker still meets ``max_attempts``.
+        Returns the leases ended."""
 
         def work(conn: Connection) -> int:
             now = _now()
@@ -558,17 +592,16 @@ class JobQueue:
         """The file is in done/ or failed/ and its sidecar is written."""
         self._execute(update(Job).where(Job.id == job_id).values(finalized_at=_now()))
 
-    def unfinalized(self) -> list[JobView]:
+    def unfinalized(self, finished_before: dt.datetime | None = None) -> list[JobView]:
         """Done, failed or cancelled jobs whose files have not been finalized yet, oldest
-        finished first."""
-        return self._jobs(
-            select(Job)
-            .where(
-                Job.state.in_([JobState.DONE, JobState.FAILED, JobState.CANCELLED]),
-                Job.finalized_at.is_(None),
-            )
-            .order_by(Job.finished_at, Job.id)
+        finished first; with ``finished_before``, only those that finished before then."""
+        stmt = select(Job).where(
+            Job.state.in_([JobState.DONE, JobState.FAILED, JobState.CANCELLED]),
+            Job.finalized_at.is_(None),
         )
+        if finished_before is not None:
+            stmt = stmt.where(Job.finished_at < finished_before)
+        return self._jobs(stmt.order_by(Job.finished_at, Job.id))
 
     def get(self, job_id: str) -> JobView | None:
         """One job with its results."""
@@ -1001,6 +1034,12 @@ def _job_view(job: Job) -> JobView:
         started_at=job.started_at,
         finished_at=job.finished_at,
         finalized_at=job.finalized_at,
+        solo=job.solo,
+        file_stat=(
+            (job.file_size, job.file_mtime_ns)
+            if job.file_size is not None and job.file_mtime_ns is not None
+            else None
+        ),
         verdict=job.verdict,
         results=[_stored_result(r) for r in job.results],
     )

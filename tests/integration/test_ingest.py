@@ -103,6 +103,38 @@ async def test_slow_writer_is_reported_once_after_the_last_chunk(
     await recorder.assert_silent()
 
 
+async def test_writer_pausing_longer_than_quiet_s_is_read_only_once_it_closes(
+    tmp_path: Path, start_watcher: MakeWatcher
+) -> None:
+    recorder = Recorder()
+    await start_watcher(tmp_path, recorder)
+    chunks = [os.urandom(64 * 1024) for _ in range(4)]
+    # Each pause is three quiet periods: only the writer's close tells that it is done.
+    writing = asyncio.create_task(write_slowly(tmp_path / "clip.mp4", chunks, 3 * QUIET_S))
+
+    path, digest = await recorder.next()
+
+    assert writing.done(), "reported while the writer still had it open"
+    assert path == tmp_path / "clip.mp4"
+    assert digest == sha256(b"".join(chunks))
+    await recorder.assert_silent()
+
+
+async def test_a_writer_that_never_closes_is_taken_after_open_write_wait_s(
+    tmp_path: Path, start_watcher: MakeWatcher, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = Recorder()
+    await start_watcher(tmp_path, recorder, open_write_wait_s=4 * QUIET_S)
+    fd = os.open(tmp_path / "clip.mp4", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"abc")
+        path, digest = await recorder.next()
+    finally:
+        os.close(fd)
+    assert (path, digest) == (tmp_path / "clip.mp4", sha256(b"abc"))
+    assert "not closed" in caplog.text
+
+
 async def test_part_file_renamed_is_reported_under_its_final_name_only(
     tmp_path: Path, start_watcher: MakeWatcher
 ) -> None:

@@ -5,6 +5,8 @@ Each test builds the state a crash at one particular step would leave, then chec
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -193,3 +195,164 @@ async def test_finalize_queues_the_webhooks_a_job_owes(queue: JobQueue, inbox: I
     [delivery] = queue.deliveries(job.id)
     assert delivery.url == "http://127.0.0.1:9/failed"
     assert delivery.event == "job.failed"
+
+
+def _long_name(folder: Path, ext: str = ".mp4") -> str:
+    """A name exactly as long as ``folder``'s filesystem allows, in bytes, made of two- and
+    three-byte characters so that any cut that ignores characters would split one."""
+    limit = os.pathconf(folder, "PC_NAME_MAX")
+    name = "é" * ((limit - len(ext)) // 2)
+    while len(os.fsencode(name + ext)) < limit:
+        name += "a"
+    name = "日" + name[:-2] if len(os.fsencode("日" + name[:-2] + ext)) == limit else name
+    assert len(os.fsencode(name + ext)) == limit
+    return name + ext
+
+
+@pytest.mark.parametrize("ok", [True, False])
+async def test_a_name_at_the_filesystems_limit_is_finished_with_its_sidecar(
+    lifecycle: Lifecycle, queue: JobQueue, inbox: InboxConfig, ok: bool
+) -> None:
+    src = inbox.path / _long_name(inbox.path)
+    src.write_bytes(b"abc")
+    await lifecycle.accept(inbox, src)
+    [job] = queue.list()
+    _finish(queue, job.id, ok)
+    view = queue.get(job.id)
+    assert view is not None
+    lifecycle.finalize(view)
+
+    folder, suffix = (inbox.done, ".verdict.json") if ok else (inbox.failed, ".error.json")
+    [video] = [p for p in folder.iterdir() if not p.name.endswith(suffix)]
+    assert video.read_bytes() == b"abc"
+    assert video.suffix == ".mp4"
+    assert src.name.startswith(video.stem)  # shortened, at a character boundary
+    assert video.with_name(video.name + suffix).is_file()
+    assert not any(inbox.work.iterdir())
+    # A second file of the same name gets a distinct, still valid name.
+    src.write_bytes(b"abcd")
+    await lifecycle.accept(inbox, src)
+    second = next(j for j in queue.list() if j.id != job.id)
+    _finish(queue, second.id, ok)
+    view = queue.get(second.id)
+    assert view is not None
+    lifecycle.finalize(view)
+    assert len([p for p in folder.iterdir() if p.name.endswith(suffix)]) == 2
+
+
+async def test_recovery_carries_on_past_a_job_it_cannot_place(
+    lifecycle: Lifecycle, queue: JobQueue, inbox: InboxConfig
+) -> None:
+    for name in ("a.mp4", "b.mp4"):
+        (inbox.path / name).write_bytes(name.encode())
+        await lifecycle.accept(inbox, inbox.path / name)
+    first, second = sorted(queue.list(), key=lambda j: j.created_at)
+    _finish(queue, first.id, True)
+    _finish(queue, second.id, True)
+    inbox.done.rmdir()
+    inbox.done.write_bytes(b"")  # done/ is not a folder: placing either file fails
+    await lifecycle.recover()  # must not raise
+    inbox.done.unlink()
+    assert {j.finalized_at for j in queue.list()} == {None}
+    await lifecycle.recover()
+    assert sorted(p.name for p in inbox.done.iterdir() if p.suffix == ".mp4") == [
+        "a.mp4",
+        "b.mp4",
+    ]
+
+
+async def test_a_job_failed_by_max_attempts_while_running_is_finalized_by_the_sweep(
+    queue: JobQueue, inbox: InboxConfig
+) -> None:
+    lifecycle = Lifecycle(queue, [inbox], QueueConfig(max_attempts=1, finalize_sweep_s=0.2))
+    lifecycle.prepare_folders()
+    (inbox.path / "poison.mp4").write_bytes(b"kills its worker")
+    await lifecycle.accept(inbox, inbox.path / "poison.mp4")
+    sweeper = asyncio.create_task(lifecycle.sweep_forever())
+    try:
+        queue.claim("w1", 1, 0.1)
+        await asyncio.sleep(0.2)
+        queue.claim("w2", 1, 0.1)  # the crash is charged only once it ran alone
+        await asyncio.sleep(0.2)
+        assert queue.claim("w3", 1, 30) == []  # fails it: max_attempts
+        error = inbox.failed / "poison.mp4.error.json"
+        for _ in range(100):
+            if error.exists():
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        sweeper.cancel()
+    doc = json.loads(error.read_text())
+    assert doc["error"]["code"] == "max_attempts"
+    assert (inbox.failed / "poison.mp4").read_bytes() == b"kills its worker"
+    assert not any(inbox.work.iterdir())
+
+
+async def test_an_oversize_file_is_refused_before_it_is_read(
+    queue: JobQueue, inbox: InboxConfig
+) -> None:
+    lifecycle = Lifecycle(queue, [inbox], QueueConfig(), max_file_bytes=10)
+    lifecycle.prepare_folders()
+    src = inbox.path / "huge.mp4"
+    src.write_bytes(b"x" * 11)
+    await lifecycle.accept(inbox, src)
+    assert queue.list() == []
+    doc = json.loads((inbox.failed / "huge.mp4.error.json").read_text())
+    assert doc["error"]["code"] == "file_too_large"
+    assert (doc["job_id"], doc["sha256"]) == (None, None)
+    assert (inbox.failed / "huge.mp4").stat().st_size == 11
+
+
+@pytest.mark.parametrize("ok", [True, False])
+async def test_a_file_that_changed_after_hashing_is_judged_again(
+    lifecycle: Lifecycle, queue: JobQueue, inbox: InboxConfig, ok: bool
+) -> None:
+    src = inbox.path / "growing.mp4"
+    src.write_bytes(b"first half")
+    await lifecycle.accept(inbox, src)
+    [job] = queue.list()
+    assert job.work_path is not None
+    # The writer still had it open, and went on.
+    with Path(job.work_path).open("ab") as f:  # noqa: ASYNC230
+        f.write(b" and the rest")
+    _finish(queue, job.id, ok)
+    view = queue.get(job.id)
+    assert view is not None
+    lifecycle.finalize(view)
+
+    # No verdict beside bytes it did not judge: the whole file is a new job.
+    assert list(inbox.done.iterdir()) == list(inbox.failed.iterdir()) == []
+    [again] = [j for j in queue.list() if j.id != job.id]
+    assert again.state is JobState.QUEUED
+    assert again.work_path is not None
+    assert Path(again.work_path).read_bytes() == b"first half and the rest"
+    assert again.video_sha256 == sha256_file(Path(again.work_path))
+    assert again.source_ref == str(src)
+    old = queue.get(job.id)
+    assert old is not None
+    assert old.finalized_at is not None
+    assert not Path(job.work_path).parent.exists()
+
+    _finish(queue, again.id, True)
+    view = queue.get(again.id)
+    assert view is not None
+    lifecycle.finalize(view)
+    sidecar = json.loads((inbox.done / "growing.mp4.verdict.json").read_text())
+    assert sidecar["sha256"] == sha256_file(inbox.done / "growing.mp4")
+
+
+async def test_a_touched_but_unchanged_file_is_not_judged_again(
+    lifecycle: Lifecycle, queue: JobQueue, inbox: InboxConfig
+) -> None:
+    src = inbox.path / "clip.mp4"
+    src.write_bytes(b"abc")
+    await lifecycle.accept(inbox, src)
+    [job] = queue.list()
+    assert job.work_path is not None
+    os.utime(job.work_path, ns=(1, 1))
+    _finish(queue, job.id, True)
+    view = queue.get(job.id)
+    assert view is not None
+    lifecycle.finalize(view)
+    assert (inbox.done / "clip.mp4.verdict.json").is_file()
+    assert len(queue.list()) == 1

@@ -239,8 +239,9 @@ def test_expired_lease_is_reclaimed_and_the_old_worker_is_locked_out(queue: JobQ
     assert not queue.complete("j1", "w1", [result()], VERDICT)
     assert queue.renew("w1", ["j1"], LONG_LEASE_S) == set()
 
+    # The first crash is not charged: the job is tried alone first.
     reclaimed = claim_one(queue, "w2")
-    assert (reclaimed.id, reclaimed.attempts) == ("j1", 2)
+    assert (reclaimed.id, reclaimed.attempts, reclaimed.solo) == ("j1", 1, True)
     assert not queue.complete("j1", "w1", [result()], VERDICT)
     assert not queue.fail("j1", "w1", "x", "y")
     assert not queue.retry_later("j1", "w1", "x", "y", 0)
@@ -255,21 +256,37 @@ def test_expired_lease_is_reclaimed_and_the_old_worker_is_locked_out(queue: JobQ
     assert [r.job_id for r in job.results] == ["j1"]
 
 
-def test_reclaim_beyond_max_attempts_fails_the_job(queue: JobQueue) -> None:
-    add(queue, "j1", max_attempts=2)
-    add(queue, "j2", max_attempts=2)
-    assert [c.attempts for c in queue.claim("w1", 5, LEASE_S)] == [1, 1]
-    let_lease_expire()
-    assert [c.attempts for c in queue.claim("w2", 5, LEASE_S)] == [2, 2]
-    let_lease_expire()
+def test_a_crash_charges_only_the_video_that_caused_it(queue: JobQueue) -> None:
+    add(queue, "good", max_attempts=2)
+    add(queue, "poison", max_attempts=2)
+    add(queue, "later", max_attempts=2)
+    assert [c.id for c in queue.claim("w1", 2, LEASE_S)] == ["good", "poison"]
+    let_lease_expire()  # w1 died with both: which one killed it is unknown
 
-    assert queue.claim("w3", 5, LONG_LEASE_S) == []
-    for job_id in ("j1", "j2"):
-        job = queue.get(job_id)
-        assert job is not None
-        assert (job.state, job.error_code, job.attempts) == (JobState.FAILED, "max_attempts", 2)
-        assert job.finished_at is not None
-        assert job.lease_expires is None
+    # Nobody is charged; the two run alone from now on, and while one waits a busy worker
+    # takes nothing, so that an idle one soon runs it by itself.
+    assert queue.claim("busy", 5, LONG_LEASE_S, busy=True) == []
+    [alone] = queue.claim("w2", 5, LEASE_S)
+    assert (alone.id, alone.attempts, alone.solo) == ("good", 1, True)
+    assert queue.complete("good", "w2", [result()], VERDICT)
+
+    for attempt in (1, 2):  # the poison video kills its worker each time, now alone
+        [alone] = queue.claim(f"w{2 + attempt}", 5, LEASE_S)
+        assert (alone.id, alone.attempts) == ("poison", attempt)
+        let_lease_expire()
+
+    # Only the culprit ends max_attempts; the rest of the queue runs batched again.
+    assert [c.id for c in queue.claim("w5", 5, LONG_LEASE_S)] == ["later"]
+    poison = queue.get("poison")
+    assert poison is not None
+    assert (poison.state, poison.error_code, poison.attempts) == (
+        JobState.FAILED,
+        "max_attempts",
+        2,
+    )
+    assert poison.finished_at is not None
+    assert poison.lease_expires is None
+    assert state(queue, "good") == JobState.DONE
 
 
 def test_complete_stores_results_once(queue: JobQueue) -> None:
@@ -450,7 +467,7 @@ def test_abstentions_that_are_facts_about_the_bytes_can_be_reused(queue: JobQueu
     assert queue.find_cached(sha(1), "d1", "1", "w1", final_abstentions={"y"}) is None
 
 
-def test_a_dead_local_workers_leases_end_at_once_and_keep_their_attempts(
+def test_a_dead_local_workers_leases_end_at_once(
     queue: JobQueue,
 ) -> None:
     host = socket.gethostname()
@@ -469,7 +486,8 @@ def test_a_dead_local_workers_leases_end_at_once_and_keep_their_attempts(
     assert [w.id for w in gone] == ["dead"]
     assert queue.expire_leases("dead") == 1
     [job] = queue.claim("w2", 5, LONG_LEASE_S)
-    assert (job.id, job.attempts) == ("j1", 2)  # the dead worker's attempt counts
+    # Reclaimed at once; the crash is charged only once j1 has been tried alone.
+    assert (job.id, job.attempts, job.solo) == ("j1", 1, True)
     assert gone_here(queue.workers(alive_within_s=60), host) == []  # marked stopped
 
 
