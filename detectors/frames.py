@@ -389,7 +389,31 @@ def _video_stream(container: InputContainer, path: Path) -> VideoStream:
         if not stream.disposition & Disposition.attached_pic:
             return stream
     kinds = ", ".join(sorted({s.type for s in container.streams})) or "none"
+    # An MP4 whose index (moov) sits at the end and was cut off shows FFmpeg a half-read
+    # track with no type: that is a truncated video, not a file without one.
+    if name.startswith("mov,") and _boxes_run_past_end(path):
+        raise CorruptVideo(
+            f"{path.name} is cut short: its MP4 boxes run past the end of the file "
+            f"(streams read: {kinds})"
+        )
     raise NoVideoStream(f"{path.name} holds no video stream (streams: {kinds})")
+
+
+def _boxes_run_past_end(path: Path) -> bool:
+    """Whether the top-level boxes of an MP4/QuickTime file declare more bytes than it has."""
+    size = path.stat().st_size
+    at = 0
+    with path.open("rb") as f:
+        while at + 8 <= size:
+            f.seek(at)
+            head = f.read(16)
+            box = int.from_bytes(head[:4], "big")
+            if box == 1 and len(head) == 16:
+                box = int.from_bytes(head[8:], "big")  # 64-bit size
+            if box < 8:
+                return False  # 0: "to the end of the file"; smaller: not box-structured
+            at += box
+    return at > size
 
 
 def _header_duration(container: InputContainer, stream: VideoStream) -> tuple[float | None, float]:

@@ -60,6 +60,7 @@ ROUTES: list[tuple[str, str, Handler, Access]] = [
     ("GET", "/v1/jobs", api_native.list_jobs, "read"),
     ("GET", "/v1/jobs/{job_id}", api_native.get_job, "read"),
     ("DELETE", "/v1/jobs/{job_id}", api_native.cancel_job, "submit"),
+    ("POST", "/v1/jobs/{job_id}/retry", api_native.retry_job, "submit"),
     ("GET", "/v1/jobs/{job_id}/frames", api_native.job_frames, "read"),
     ("GET", "/v1/jobs/{job_id}/visualization", api_native.job_visualization, "read"),
     ("GET", "/v1/videos/{sha256}", api_native.get_video, "read"),

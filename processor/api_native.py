@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from detectors import registry
 from detectors.errors import MediaError, TransientError
+from processor import retry
 from processor.api_common import (
     JOB_ID,
     SHA256,
@@ -221,6 +222,18 @@ async def cancel_job(request: web.Request) -> web.Response:
     # Nobody else finalizes a job that never ran: move its inbox file to failed/ (or drop an
     # upload's copy) now.
     await io(state.lifecycle.finalize, job)
+    return web.json_response(job_document(job))
+
+
+async def retry_job(request: web.Request) -> web.Response:
+    """POST /v1/jobs/{job_id}/retry: queue a failed or cancelled job again, attempts reset."""
+    state = request.app[STATE]
+    job_id = job_id_param(request)
+    try:
+        job = await io(retry.retry_job, state.queue, state.lifecycle.inboxes, job_id)
+    except retry.RetryRefused as exc:
+        raise ApiError(404 if exc.code == "job_not_found" else 409, exc.code, exc.message) from None
+    state.lifecycle.on_enqueued()
     return web.json_response(job_document(job))
 
 

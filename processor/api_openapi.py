@@ -561,6 +561,23 @@ def _paths() -> dict[str, Any]:
                 },
             },
         },
+        "/v1/jobs/{job_id}/retry": {
+            "parameters": [_JOB_ID],
+            "post": {
+                "tags": ["jobs"],
+                "summary": "Run a failed or cancelled job again",
+                "description": "Back to queued with its attempts reset; a folder job's file "
+                "comes back from failed/ into the work area (its .error.json removed). 409 "
+                "with code not_retryable (the job is not failed or cancelled), not_finalized "
+                "(its file is still being moved) or file_gone (an upload's copy, an S3 "
+                "download or a moved file no longer exists).",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response("The job, queued again.", _ref("Job")),
+                    **_errors(400, 401, 403, 404, 409, 503),
+                },
+            },
+        },
         "/v1/jobs/{job_id}/frames": {
             "parameters": [_JOB_ID],
             "get": {

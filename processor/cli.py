@@ -1,25 +1,40 @@
-"""The ``drishtiksha`` command line."""
+"""Drishtiksha: judge videos for deepfakes from watched folders, uploads and the command line."""
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import errno
 import json
 import logging
+import os
+import re
+import socket
 import sys
 from dataclasses import dataclass, field
+from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+# typer carries its own copy of click (since 0.2x); its errors are that copy's classes.
+from typer._click import exceptions as click_errors
+
 from processor.config import Config, ConfigError, load_config
 from processor.logs import setup_logging
+from storage.errors import StorageError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-jobs_app = typer.Typer(no_args_is_help=True, help="Inspect jobs.")
+if TYPE_CHECKING:
+    from storage.queue import JobView
+
+# Plain click help: paragraphs rewrapped to the terminal, no markup to leak into the text.
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+jobs_app = typer.Typer(no_args_is_help=True, help="Inspect, cancel and retry jobs.")
 db_app = typer.Typer(no_args_is_help=True, help="Database maintenance.")
 config_app = typer.Typer(no_args_is_help=True, help="Configuration.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results: docs/benchmarks.md).")
@@ -32,17 +47,73 @@ app.add_typer(weights_app, name="weights")
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML file (default: configs/default.yaml if present)."),
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML file (default: $DRISHTIKSHA_CONFIG, /etc/drishtiksha/config.yaml, "
+        "configs/default.yaml, then the embedded defaults).",
+    ),
 ]
 out = Console()
 err = Console(stderr=True)
+log = logging.getLogger(__name__)
+
+# Ids are 32 hex characters; a unique prefix this long or longer names a job.
+MIN_PREFIX = 8
+SHOWN_ID = 12  # what `jobs list` shows (more when it is not unique): fits 80 columns
+_ID_PREFIX = re.compile(rf"^[0-9a-f]{{{MIN_PREFIX},32}}$")
+
+
+# storage.queue's job states and verdict labels as option choices, spelled out so that the
+# command line starts without importing SQLAlchemy (tests check that they agree).
+class StateChoice(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class LabelChoice(enum.StrEnum):
+    REAL = "REAL"
+    FAKE = "FAKE"
+    UNCERTAIN = "UNCERTAIN"
+    ABSTAIN = "ABSTAIN"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"drishtiksha {package_version('drishtiksha')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Drishtiksha: judge videos for deepfakes from watched folders, uploads and the command
+    line."""
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr, then exit with ``code`` (2: the command or configuration is wrong;
+    1: what it names is missing or failed)."""
+    err.print(f"error: {' '.join(message.split())}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def _config(path: Path | None) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        # One line per problem, each naming the file and the key.
+        for line in str(exc).splitlines():
+            err.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
 
 
@@ -58,24 +129,179 @@ def run(
 
     cfg = _config(config)
     if role not in ("all", "ingest", "worker", "api"):
-        err.print(f"error: --role must be all, ingest, worker or api, not {role!r}")
-        raise typer.Exit(2)
+        _fail(f"--role must be all, ingest, worker or api, not {role!r}")
+    if role in ("all", "worker"):
+        _report_missing_files(cfg)
+    if role in ("all", "api") and cfg.api.enabled:
+        # Before anything starts: a taken port would otherwise fail only after migrations,
+        # detector loading and the watchers, with the whole stack in a traceback.
+        _check_port(cfg.api.host, cfg.api.port)
     setup_logging(cfg.logging.level, log_format or cfg.logging.format)
+    log.info("configuration: %s", cfg.source)
     r: Role = role  # type: ignore[assignment]
     try:
         asyncio.run(serve(cfg, r))
+    except (ConfigError, DetectorError, StorageError) as exc:
+        # A bad configuration, an unloadable weights file or an unreachable database stops
+        # start-up with one clear line.
+        _fail(str(exc))
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail in one line unless ``host``:``port`` can be bound, as the API server will bind it."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        _fail(f"api.host {host!r} does not resolve: {exc}")
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            # As asyncio's server does, so a port in TIME_WAIT counts as free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+                _fail(f"api.port {port} on api.host {host} cannot be bound: {why}")
+
+
+def _missing_files(cfg: Config) -> list[str]:
+    """Every file or folder the detector sections name that does not exist, one line each,
+    by its configuration key."""
+    from detectors import registry
+    from detectors.manifest import FROM_MANIFEST, find_manifest, read_manifest
+    from detectors.weights import WeightsError
+
+    problems: list[str] = []
+    classes = registry.available()
+    for key, section in cfg.detectors.items():
+        cls = classes.get(key)
+        if cls is None:
+            continue  # build_detectors names unknown keys
+        fields = cls.config_class.model_fields
+        where = f"detectors.{key}"
+        for name in ("manifest", "backbone", "trust_anchors"):
+            value = section.get(name)
+            if name in fields and value is not None and not Path(value).exists():
+                problems.append(f"{where}.{name}: {value} does not exist")
+        if "weights" not in fields:
+            continue
+        weights = str(section.get("weights", fields["weights"].default))
+        if weights == "dummy":
+            continue
+        if weights != FROM_MANIFEST:
+            if not Path(weights).is_file():
+                problems.append(f"{where}.weights: {weights} does not exist")
+            continue
+        explicit = section.get("manifest")
+        try:
+            manifest = find_manifest(explicit, key)
+            if not manifest.is_file():
+                if explicit is None:  # an explicit one is reported above
+                    problems.append(f"{where}.weights: manifest {manifest} does not exist")
+                continue
+            entry = read_manifest(manifest).default_entry(key)
+        except WeightsError as exc:
+            problems.append(f"{where}.weights: {exc}")
+            continue
+        if not (manifest.parent / entry.file).is_file():
+            problems.append(
+                f"{where}.weights: {manifest.parent / entry.file} (the default entry of "
+                f"{manifest}) does not exist"
+            )
+    return problems
+
+
+def _report_missing_files(cfg: Config) -> None:
+    problems = _missing_files(cfg)
+    for line in problems:
+        err.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(2)
+
+
+def _video_files(paths: list[Path]) -> list[Path]:
+    """The files to judge: each file named, and the files directly inside each folder named,
+    skipping what an inbox skips (hidden, temporary and partial files, our sidecars)."""
+    from processor.ingest import is_junk
+
+    files: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            _fail(f"{path}: no such file or folder", 1)
+        if not os.access(path, os.R_OK):
+            _fail(f"{path}: not readable", 1)
+        if not path.is_dir():
+            files.append(path)
+            continue
+        try:
+            inside = sorted(p for p in path.iterdir() if p.is_file() and not is_junk(p.name))
+        except OSError as exc:
+            _fail(f"{path}: cannot list it: {exc.strerror}", 1)
+        if not inside:
+            _fail(f"{path}: no video files in this folder (sub-folders are not searched)", 1)
+        err.print(
+            f"{path}: {len(inside)} files (sub-folders, hidden, temporary and sidecar files "
+            "skipped)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        files.extend(inside)
+    return files
+
+
+def _with_detectors(cfg: Config, arg: str | None) -> tuple[Config, list[str]]:
+    """The detector keys to run (default: the first inbox's) and a configuration with a
+    section for each: a registered detector without one runs on its shipped weights."""
+    from detectors import registry
+
+    if arg is None:
+        return cfg, list(cfg.inboxes[0].detectors)
+    keys = list(dict.fromkeys(k.strip() for k in arg.split(",") if k.strip()))
+    found, broken = registry.available(), registry.unavailable()
+    if not keys:
+        _fail(f"--detectors names none; registered: {', '.join(sorted({*found, *broken}))}")
+    sections = dict(cfg.detectors)
+    for key in keys:
+        if key in sections:
+            continue
+        if key in broken:
+            _fail(f"detector {key} cannot load here: {broken[key]}")
+        if key not in found:
+            _fail(f"unknown detector {key!r}; registered: {', '.join(sorted({*found, *broken}))}")
+        # Unconfigured: the weights shipped in the manifest where the detector has them.
+        fields = found[key].config_class.model_fields
+        sections[key] = {"weights": "manifest"} if "manifest" in fields else {}
+    return cfg.model_copy(update={"detectors": sections}), keys
+
+
+def _set_up(cfg: Config, keys: list[str]) -> dict[str, Any]:
+    """Build and load the detectors ``keys`` on the configured device, or fail in one line."""
+    from detectors.errors import DetectorError
+    from processor.daemon import build_detectors, resolve_device
+
+    try:
+        built = build_detectors(cfg, keys)
+        device = resolve_device(cfg.device)
+        for det in built.values():
+            det.setup(device)
     except (ConfigError, DetectorError) as exc:
-        # A bad configuration or an unloadable weights file stops start-up with one clear line.
-        err.print(f"error: {exc}", highlight=False)
-        raise typer.Exit(2) from exc
+        _fail(str(exc))
+    return built
 
 
 @app.command()
 def analyze(
-    paths: Annotated[list[Path], typer.Argument(help="Video files to judge.")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Video files, or folders whose files to judge.")
+    ],
     config: ConfigOpt = None,
     detectors: Annotated[
-        str | None, typer.Option(help="Comma-separated keys (default: the first inbox's).")
+        str | None,
+        typer.Option(
+            help="Comma-separated keys (default: the first inbox's); any registered detector, "
+            "on its shipped weights when it has no configuration section."
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     visualize: Annotated[
@@ -87,30 +313,21 @@ def analyze(
         ),
     ] = None,
 ) -> None:
-    """Judge files now, in this process, through the daemon's pipeline (no database, files are
+    """Judge files now, in this process, through the daemon's pipeline (no database; files are
     left where they are)."""
-    from processor.daemon import build_detectors, decode_limits, resolve_device
+    from processor.daemon import decode_limits
     from processor.pipeline import Pipeline
 
     cfg = _config(config)
+    files = _video_files(paths)
     setup_logging("WARNING", "text")
-    keys = detectors.split(",") if detectors else list(cfg.inboxes[0].detectors)
-    try:
-        built = build_detectors(cfg, keys) if all(k in cfg.detectors for k in keys) else None
-    except ConfigError as exc:
-        err.print(f"error: {exc}", highlight=False)
-        raise typer.Exit(2) from exc
-    if built is None:
-        err.print(f"error: no configuration section for {keys}; configured: {list(cfg.detectors)}")
-        raise typer.Exit(2)
-    device = resolve_device(cfg.device)
-    for det in built.values():
-        det.setup(device)
+    cfg, keys = _with_detectors(cfg, detectors)
+    built = _set_up(cfg, keys)
     pipeline = Pipeline(built, decode_limits(cfg), cfg.decode.max_side)
     rows: list[dict[str, Any]] = []
     with Progress(console=err, transient=True) as progress:
-        task = progress.add_task("analysing", total=len(paths))
-        for path in paths:
+        task = progress.add_task("analysing", total=len(files))
+        for path in files:
             rows.append(_analyze_one(pipeline, path, keys, cfg.fusion, visualize))
             progress.advance(task)
     if as_json:
@@ -225,45 +442,187 @@ def _visualize_one(pipeline: Any, path: Path, key: str, outcome: Any, folder: Pa
 
 
 def _queue(cfg: Config) -> Any:
+    """The job queue on the configured database, which must exist: commands that read or change
+    jobs never create one."""
     from storage.db import make_engine
     from storage.queue import JobQueue
 
-    return JobQueue(make_engine(cfg.database.url))
+    try:
+        return JobQueue(make_engine(cfg.database.url, create=False))
+    except StorageError as exc:
+        _fail(f"{exc} (configuration: {cfg.source})", 1)
+
+
+def _job_id(queue: Any, given: str) -> str:
+    """The full id of the job ``given`` names: a whole id or a unique prefix of 8+ characters."""
+    prefix = given.strip().lower()
+    if not _ID_PREFIX.match(prefix):
+        _fail(f"{given!r} is not a job id: give {MIN_PREFIX} to 32 of its hex characters")
+    matches = queue.ids_starting_with(prefix, limit=2)
+    if not matches:
+        _fail(f"no job {prefix}" if len(prefix) == 32 else f"no job id starts with {prefix}", 1)
+    if len(matches) > 1:
+        _fail(f"{prefix} is the start of several job ids; give more characters")
+    return str(matches[0])
 
 
 @jobs_app.command("list")
 def jobs_list(
     config: ConfigOpt = None,
-    state: Annotated[str | None, typer.Option(help="queued, running, done, failed...")] = None,
-    limit: int = 20,
+    state: Annotated[StateChoice | None, typer.Option(case_sensitive=False)] = None,
+    label: Annotated[
+        LabelChoice | None,
+        typer.Option(case_sensitive=False, help="Only done jobs with this overall verdict."),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Only jobs whose source (file path, upload name) contains this."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many jobs.")] = 20,
 ) -> None:
-    """The newest jobs."""
+    """The newest jobs. Ids are shown by their first 12 characters (more where needed to tell
+    them apart), which every jobs command accepts."""
     from storage.queue import JobState
 
     queue = _queue(_config(config))
-    table = Table("id", "state", "verdict", "source", "created")
-    for job in queue.list(state=JobState(state) if state else None, limit=limit):
-        verdict = job.verdict["label"] if job.state is JobState.DONE and job.verdict else ""
-        table.add_row(
-            job.id,
+    jobs = queue.list(
+        state=JobState(state.value) if state else None,
+        label=label.value if label else None,
+        source_contains=name,
+        limit=limit,
+    )
+    rows = [
+        (
+            _shown_id(queue, job.id),
             job.state.value,
-            verdict or (job.error_code or ""),
-            job.source_ref,
-            job.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            _verdict_cell(job),
+            Path(job.source_ref).name or job.source_ref,
+            job.created_at.strftime("%Y-%m-%d %H:%M"),
         )
+        for job in jobs
+    ]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    id_width = max([SHOWN_ID, *(len(row[0]) for row in rows)])
+    widths = {"id": id_width, "state": 9, "verdict": 14, "created (UTC)": 16}
+    # The name gives way so that ids and the rest stay whole at 80 columns; 14: the table's
+    # gaps and edges.
+    name_width = max(8, out.width - sum(widths.values()) - 14)
+    for column, width in widths.items():
+        table.add_column(column, no_wrap=True, min_width=width)
+        if column == "verdict":
+            table.add_column("name", overflow="ellipsis", no_wrap=True, max_width=name_width)
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
 
 
-@jobs_app.command("show")
-def jobs_show(job_id: str, config: ConfigOpt = None) -> None:
-    """One job with its results, as JSON."""
-    from processor.api import job_document
+def _shown_id(queue: Any, job_id: str) -> str:
+    """The first 12 characters of the id, or more where another job's id starts the same way:
+    what is shown always names one job when pasted back."""
+    shown = SHOWN_ID
+    while shown < len(job_id) and len(queue.ids_starting_with(job_id[:shown])) > 1:
+        shown += 4
+    return job_id[:shown]
 
-    job = _queue(_config(config)).get(job_id)
-    if job is None:
-        err.print(f"no job {job_id}")
+
+def _verdict_cell(job: JobView) -> str:
+    """A done job's overall label and fake probability, or a failed job's error code."""
+    if job.state.value == StateChoice.DONE and job.verdict:
+        prob = job.verdict.get("fake_probability")
+        return str(job.verdict["label"]) + ("" if prob is None else f" {prob:.2f}")
+    return job.error_code or ""
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: Annotated[str, typer.Argument(help="Job id or a unique prefix (8+ characters).")],
+    config: ConfigOpt = None,
+) -> None:
+    """One job with its results, as JSON."""
+    from processor.api_common import job_document
+
+    queue = _queue(_config(config))
+    out.print_json(json.dumps(job_document(queue.get(_job_id(queue, job_id)))))
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: Annotated[str, typer.Argument(help="Job id or a unique prefix (8+ characters).")],
+    config: ConfigOpt = None,
+) -> None:
+    """Cancel a queued job; its inbox file goes to failed/ with an .error.json."""
+    from processor.lifecycle import Lifecycle
+
+    cfg = _config(config)
+    queue = _queue(cfg)
+    full = _job_id(queue, job_id)
+    if not queue.cancel(full):
+        state = queue.get(full).state.value
+        _fail(f"job {full} is {state}; only a queued job can be cancelled", 1)
+    # Nobody else finalizes a job that never ran.
+    Lifecycle(queue, cfg.inboxes, cfg.queue, webhooks=cfg.webhooks).finalize(queue.get(full))
+    out.print(f"job {full} cancelled")
+
+
+@jobs_app.command("retry")
+def jobs_retry(
+    job_id: Annotated[
+        str | None, typer.Argument(help="Job id or a unique prefix (8+ characters).")
+    ] = None,
+    all_failed: Annotated[
+        bool, typer.Option("--all-failed", help="Every failed job (or those with --code).")
+    ] = False,
+    code: Annotated[
+        str | None, typer.Option(help="With --all-failed: only jobs that failed with this code.")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run failed or cancelled jobs again: back to queued with attempts reset, an inbox file
+    taken back from failed/ (its .error.json removed). A job whose file is gone cannot be
+    retried."""
+    from processor.retry import RetryRefused, retry_job
+
+    if (job_id is None) == (not all_failed):
+        _fail("give a job id or --all-failed")
+    if code is not None and not all_failed:
+        _fail("--code goes with --all-failed")
+    cfg = _config(config)
+    queue = _queue(cfg)
+    inboxes = [inbox.name for inbox in cfg.inboxes]
+    if job_id is not None:
+        try:
+            job = retry_job(queue, inboxes, _job_id(queue, job_id))
+        except RetryRefused as exc:
+            _fail(exc.message, 1)
+        out.print(f"job {job.id} queued again")
+        return
+    ids = _failed_ids(queue, code)
+    if not ids:
+        _fail("no failed job" + (f" with code {code}" if code else ""), 1)
+    refused = 0
+    for full in ids:
+        try:
+            retry_job(queue, inboxes, full)
+        except RetryRefused as exc:
+            refused += 1
+            err.print(f"not retried: {exc.message}", markup=False, highlight=False, soft_wrap=True)
+        else:
+            out.print(f"job {full} queued again")
+    out.print(f"{len(ids) - refused} of {len(ids)} failed jobs queued again")
+    if refused:
         raise typer.Exit(1)
-    out.print_json(json.dumps(job_document(job)))
+
+
+def _failed_ids(queue: Any, code: str | None) -> list[str]:
+    """Ids of every failed job (with error ``code`` when given), oldest first."""
+    from storage.queue import JobState
+
+    ids: list[str] = []
+    before: str | None = None
+    while page := queue.list(state=JobState.FAILED, limit=500, before=before, oldest_first=True):
+        ids.extend(j.id for j in page if code is None or j.error_code == code)
+        before = page[-1].id
+    return ids
 
 
 @app.command("detectors")
@@ -285,14 +644,16 @@ def detectors_cmd(config: ConfigOpt = None) -> None:
     for key, why in registry.unavailable().items():
         table.add_row(key, "-", f"unavailable: {why}", "-")
     out.print(table)
+    _report_missing_files(cfg)
 
 
 @app.command("workers")
 def workers_cmd(config: ConfigOpt = None) -> None:
     """Worker processes sharing the database: alive or not, and the jobs each holds."""
     cfg = _config(config)
+    queue = _queue(cfg)
     table = Table("worker", "host", "pid", "alive", "last heartbeat", "held jobs")
-    for w in _queue(cfg).workers(alive_within_s=cfg.queue.lease_s):
+    for w in queue.workers(alive_within_s=cfg.queue.lease_s):
         table.add_row(
             w.id,
             w.host,
@@ -375,7 +736,10 @@ def db_downgrade(
     from storage.db import downgrade, make_engine
 
     cfg = _config(config)
-    engine = make_engine(cfg.database.url)
+    try:
+        engine = make_engine(cfg.database.url, create=False)
+    except StorageError as exc:
+        _fail(str(exc), 1)
     downgrade(engine, revision)
     engine.dispose()
     out.print(f"database at {engine.url.render_as_string(hide_password=True)} is at {revision}")
@@ -383,15 +747,17 @@ def db_downgrade(
 
 @config_app.command("check")
 def config_check(config: ConfigOpt = None) -> None:
-    """Validate the configuration, detector sections included, and print it resolved."""
+    """Validate the configuration, detector sections and the files they name included, say
+    which file it came from, and print it resolved."""
     from processor.daemon import build_detectors
 
     cfg = _config(config)
+    err.print(f"configuration: {cfg.source}", markup=False, highlight=False, soft_wrap=True)
     try:
         build_detectors(cfg, list(cfg.detectors))
     except ConfigError as exc:
-        err.print(f"error: {exc}", highlight=False)
-        raise typer.Exit(2) from exc
+        _fail(str(exc))
+    _report_missing_files(cfg)
     out.print_json(cfg.model_dump_json())
 
 
@@ -826,7 +1192,11 @@ def _print_reports(reports: dict[str, Any]) -> None:
 def eval_cmd(
     data: Annotated[Path, typer.Option(help="labels CSV or a folder, as for train.")],
     detectors: Annotated[
-        str | None, typer.Option(help="Comma-separated keys (default: the first inbox's).")
+        str | None,
+        typer.Option(
+            help="Comma-separated keys (default: the first inbox's); any registered detector, "
+            "on its shipped weights when it has no configuration section."
+        ),
     ] = None,
     split: Annotated[
         str | None, typer.Option(help="train, val or test: the clips of --card's split.")
@@ -848,19 +1218,16 @@ def eval_cmd(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Prepare every clip anew.")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Measure the configured detectors and the fused verdict on labelled videos, through the
+    """Measure detectors and their fused verdict on labelled videos, through the
     daemon's pipeline: AUC, EER, accuracy, precision and recall at the operating point,
     calibration error and abstention, each with a bootstrap 95% interval over groups."""
     from detectors import training as tr
-    from detectors.errors import DetectorError
-    from processor.daemon import build_detectors, resolve_device
 
     cfg = _config(config)
     setup_logging("WARNING", "text")
     if all_clips == (split is not None) or (split is not None) != (card is not None):
-        err.print("error: give either --all, or --split with --card")
-        raise typer.Exit(2)
-    keys = detectors.split(",") if detectors else list(cfg.inboxes[0].detectors)
+        _fail("give either --all, or --split with --card")
+    cfg, keys = _with_detectors(cfg, detectors)
     try:
         clips = tr.assign_groups(tr.load_clips(data))
         if split is not None and card is not None:
@@ -868,16 +1235,9 @@ def eval_cmd(
             clips = [c for c in clips if chosen.get(c.sha256) == split]
             if not clips:
                 raise tr.DatasetError(f"no clip of {data} is in the {split} split of {card}")
-        missing = [k for k in keys if k not in cfg.detectors]
-        if missing:
-            raise ConfigError(f"no configuration section for {missing}")
-        built = build_detectors(cfg, keys)
-        device = resolve_device(cfg.device)
-        for det in built.values():
-            det.setup(device)
-    except (tr.DatasetError, ConfigError, DetectorError) as exc:
-        err.print(f"error: {exc}", highlight=False)
-        raise typer.Exit(2) from exc
+    except tr.DatasetError as exc:
+        _fail(str(exc))
+    built = _set_up(cfg, keys)
     with Progress(console=err, transient=True) as progress:
         task = progress.add_task("evaluating", total=len(clips))
         outcomes = _evaluate(
@@ -1029,9 +1389,21 @@ def _eval_report(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every error is one line on stderr and a non-zero exit."""
     logging.captureWarnings(True)
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        typer.echo(f"error: {where}{exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
         sys.exit(130)
+    except StorageError as exc:
+        typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

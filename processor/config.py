@@ -1,22 +1,37 @@
 """Typed configuration, validated once at start-up.
 
 Values come from the embedded defaults, then the YAML file, then ``DRISHTIKSHA_...`` environment
-variables (``__`` separates nesting levels, e.g. ``DRISHTIKSHA_API__PORT=9000``). Relative paths
-resolve against the directory the daemon is started in.
+variables (``__`` separates nesting levels, e.g. ``DRISHTIKSHA_API__PORT=9000``). The YAML file
+is the first of: ``--config``, ``DRISHTIKSHA_CONFIG``, ``/etc/drishtiksha/config.yaml``,
+``configs/default.yaml`` under the working directory; with none, the embedded defaults alone.
+Relative paths resolve against the directory the daemon is started in.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "DRISHTIKSHA_"
+SYSTEM_CONFIG_PATH = Path("/etc/drishtiksha/config.yaml")
 DEFAULT_CONFIG_PATH = Path("configs/default.yaml")
+EMBEDDED = "embedded defaults"
 
 
 class ConfigError(Exception):
@@ -292,6 +307,9 @@ class SqsSourceConfig(_Section):
 
 
 class Config(_Section):
+    # Where the values came from (file and how it was found), for logs and `config check`.
+    _source: str = PrivateAttr(EMBEDDED)
+
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     device: str = Field(
         "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N."
@@ -375,6 +393,11 @@ class Config(_Section):
             }
         )
 
+    @property
+    def source(self) -> str:
+        """Where the values came from: a file and how it was found, or the embedded defaults."""
+        return self._source
+
     def all_detector_keys(self) -> list[str]:
         """Every detector some inbox or SQS source uses, in first-use order."""
         sources: list[InboxConfig | SqsSourceConfig] = [*self.inboxes, *self.sqs]
@@ -405,12 +428,80 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _describe(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+def describe_errors(err: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:
+    """One line per problem, naming the dotted key; an unknown key gets the closest valid one."""
+    lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {key}: {e['msg']}")
-    return "\n".join(lines)
+        loc = [str(p) for p in e["loc"]]
+        key = prefix + ".".join(loc) if loc else prefix.rstrip(".") or "(top level)"
+        message = e["msg"]
+        if e["type"] == "extra_forbidden":
+            message = "unknown key"
+            valid = _fields_at(model, list(e["loc"][:-1]))
+            close = difflib.get_close_matches(loc[-1], valid, n=1)
+            if close:
+                message += f" (did you mean {prefix}{'.'.join([*loc[:-1], close[0]])}?)"
+        lines.append(f"{key}: {message}")
+    return lines
+
+
+def _fields_at(model: type[BaseModel], loc: list[int | str]) -> list[str]:
+    """The keys valid at ``loc`` inside ``model`` (list indexes skipped); [] past a free-form
+    mapping."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if _is_model(current) else None
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    return list(current.model_fields) if _is_model(current) else []
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _model_in(annotation: Any) -> Any:
+    """The model class an annotation holds, through ``list[...]`` and ``... | None``."""
+    if _is_model(annotation):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (list, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    return "\n".join(f"{source}: {line}" for line in describe_errors(err, Config))
+
+
+def find_config(
+    path: Path | None,
+    environ: Mapping[str, str],
+    base: Path,
+    system: Path = SYSTEM_CONFIG_PATH,
+) -> tuple[Path | None, str]:
+    """The YAML file to read and how it was found: ``path`` (``--config``), else
+    ``DRISHTIKSHA_CONFIG``, else ``system``, else ``configs/default.yaml`` under ``base``;
+    (None, "embedded defaults") when there is none. A file named explicitly must exist."""
+    named = [
+        (path, "--config"),
+        (environ.get(ENV_PREFIX + "CONFIG") or None, ENV_PREFIX + "CONFIG"),
+    ]
+    for candidate, how in named:
+        if candidate is not None:
+            if not Path(candidate).exists():
+                raise ConfigError(f"configuration file {candidate} ({how}) does not exist")
+            return Path(candidate), how
+    for candidate in (system, base / DEFAULT_CONFIG_PATH):
+        if candidate.exists():
+            return candidate, "found"
+    return None, EMBEDDED
 
 
 def load_config(
@@ -418,27 +509,24 @@ def load_config(
     *,
     environ: Mapping[str, str] | None = None,
     base: Path | None = None,
+    system: Path = SYSTEM_CONFIG_PATH,
 ) -> Config:
-    """Load, merge and validate the configuration; raises ConfigError naming the bad key."""
+    """Find (``find_config``), merge and validate the configuration; raises ConfigError naming
+    the bad key."""
     environ = os.environ if environ is None else environ
-    if path is None and environ.get(ENV_PREFIX + "CONFIG"):
-        path = Path(environ[ENV_PREFIX + "CONFIG"])
-    explicit = path is not None
     base = base or Path.cwd()
-    path = path or base / DEFAULT_CONFIG_PATH
+    found, how = find_config(path, environ, base, system)
     raw: dict[str, Any] = {}
-    source = "embedded defaults"
-    if path.exists():
-        source = str(path)
+    source = EMBEDDED
+    if found is not None:
+        source = str(found.absolute()) + ("" if how == "found" else f" ({how})")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            loaded = yaml.safe_load(found.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{found}: cannot read it as YAML: {exc}") from exc
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of settings")
+            raise ConfigError(f"{found}: the top level must be a mapping of settings")
         raw = loaded
-    elif explicit:
-        raise ConfigError(f"configuration file {path} does not exist")
     env = _env_overrides(environ)
     if env:
         source += " + DRISHTIKSHA_* environment"
@@ -446,4 +534,6 @@ def load_config(
         config = Config.model_validate(_merge(raw, env))
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from exc
-    return config.resolved(base)
+    resolved = config.resolved(base)
+    resolved._source = source
+    return resolved

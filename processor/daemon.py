@@ -23,7 +23,7 @@ from detectors.base import Detector
 from detectors.frames import DecodeLimits
 from processor import systemd
 from processor.api import init_app
-from processor.config import Config, ConfigError
+from processor.config import Config, ConfigError, describe_errors
 from processor.ingest import FolderWatcher
 from processor.lifecycle import Lifecycle
 from processor.pipeline import Pipeline
@@ -65,10 +65,8 @@ def build_detectors(config: Config, keys: list[str]) -> dict[str, Detector[Any]]
         try:
             built[key] = registry.build(key, config.detectors[key])
         except ValidationError as exc:
-            problems = "; ".join(
-                f"detectors.{key}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                for e in exc.errors()
-            )
+            model = registry.available()[key].config_class
+            problems = "; ".join(describe_errors(exc, model, f"detectors.{key}."))
             raise ConfigError(f"invalid detector configuration: {problems}") from exc
         except registry.UnknownDetector as exc:
             raise ConfigError(f"detectors.{key}: {exc}") from exc

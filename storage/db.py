@@ -14,10 +14,10 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy import URL, Connection, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import DBAPIError
 
-from storage.errors import StorageUnavailable
+from storage.errors import DatabaseMissing, StorageUnavailable
 
 BUSY_TIMEOUT_MS = 5000
 _SQLITE_PRAGMAS = (
@@ -32,18 +32,27 @@ _MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_UPGRADE_LOCK = 0x6472697368
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, create: bool = True) -> Engine:
     """Engine for ``sqlite:///path`` (WAL, busy_timeout, foreign keys, parent folder created) or
-    ``postgresql+psycopg://...``."""
+    ``postgresql+psycopg://...``.
+
+    ``create=False`` opens an existing database only (commands that inspect or change jobs):
+    a missing SQLite file raises ``DatabaseMissing`` instead of being created empty, and a
+    database without the schema raises it too."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
+        if not create:
+            return _existing_sqlite_engine(parsed)
         return _sqlite_engine(parsed)
     if parsed.drivername == "postgresql":
         # SQLAlchemy would pick psycopg2 for a bare postgresql://; psycopg 3 is what is installed.
         parsed = parsed.set(drivername="postgresql+psycopg")
     connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
     # pre_ping: a long-running daemon outlives server restarts and idle-connection reaping.
-    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    if not create:
+        _require_schema(engine, parsed.render_as_string())
+    return engine
 
 
 def write_engine(engine: Engine) -> Engine:
@@ -94,6 +103,38 @@ def _sqlite_engine(url: URL) -> Engine:
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _existing_sqlite_engine(url: URL) -> Engine:
+    database = url.database or ""
+    if database == ":memory:" or database.startswith("file:"):
+        raise DatabaseMissing(f"{url.render_as_string()} is not a database file")
+    path = Path(database)
+    if not path.is_file():
+        raise DatabaseMissing(f"no job database at {path.absolute()}")
+    # mode=rw: the driver opens the file as it is and never creates one in its place.
+    engine = create_engine(
+        url.set(database=f"file:{path.absolute()}", query={"mode": "rw", "uri": "true"})
+    )
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    _require_schema(engine, str(path.absolute()))
+    return engine
+
+
+def _require_schema(engine: Engine, name: str) -> None:
+    """DatabaseMissing unless the database ``name`` holds the job tables (and can be
+    reached)."""
+    try:
+        has_jobs = inspect(engine).has_table("jobs")
+    except DBAPIError as exc:
+        engine.dispose()
+        raise StorageUnavailable(f"{name}: {exc.orig}") from exc
+    if not has_jobs:
+        engine.dispose()
+        raise DatabaseMissing(
+            f"{name} holds no job tables: start the daemon or run `drishtiksha db upgrade`"
+        )
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

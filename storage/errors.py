@@ -31,3 +31,9 @@ class StorageUnavailable(StorageError):
     """The job database cannot be reached."""
 
     code = "storage_unavailable"
+
+
+class DatabaseMissing(StorageError):
+    """The job database does not exist yet: start the daemon or run `drishtiksha db upgrade`."""
+
+    code = "database_missing"

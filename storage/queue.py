@@ -525,6 +525,34 @@ class JobQueue:
 
         return self._write(work)
 
+    def retry(self, job_id: str) -> bool:
+        """Put a failed or cancelled job back in the queue as new: attempts 0, no error, no lease,
+        no destination (it is finalized again when it ends). Its id, source and creation time
+        stay. False when it is not failed or cancelled."""
+
+        def work(conn: Connection) -> bool:
+            final = (JobState.FAILED, JobState.CANCELLED)
+            requeued = conn.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state.in_(final))
+                .values(
+                    state=JobState.QUEUED,
+                    attempts=0,
+                    lease_owner=None,
+                    lease_expires=None,
+                    run_after=_now(),
+                    error_code=None,
+                    error_message=None,
+                    started_at=None,
+                    finished_at=None,
+                    finalized_at=None,
+                    output_path=None,
+                )
+            )
+            return requeued.rowcount == 1
+
+        return self._write(work)
+
     def find_cached(
         self,
         sha256: str,
@@ -607,6 +635,19 @@ class JobQueue:
         """One job with its results."""
         jobs = self._jobs(select(Job).where(Job.id == job_id))
         return jobs[0] if jobs else None
+
+    def ids_starting_with(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to ``limit`` job ids that start with ``prefix``, in id order: one means the prefix
+        names a job, two that it is ambiguous."""
+        with self._read() as session:
+            return list(
+                session.scalars(
+                    select(Job.id)
+                    .where(Job.id.startswith(prefix, autoescape=True))
+                    .order_by(Job.id)
+                    .limit(limit)
+                )
+            )
 
     def get_video(self, sha256: str) -> VideoView | None:
         """One video by content hash."""
@@ -850,6 +891,7 @@ class JobQueue:
         until: dt.datetime | None = None,
         finished_since: dt.datetime | None = None,
         oldest_first: bool = False,
+        source_contains: str | None = None,
     ) -> list[JobView]:
         """Newest first (oldest first with ``oldest_first``); ``before`` is a job id cursor:
         the page continues with the jobs that follow it in that order (by creation time, ties
@@ -857,7 +899,8 @@ class JobQueue:
         empty page.
 
         Filters: ``label`` is the overall verdict stored with a done job (FAKE, UNCERTAIN,
-        REAL or ABSTAIN); ``detector``, a key the job was submitted for;
+        REAL or ABSTAIN); ``detector``, a key the job was submitted for; ``source_contains``, a
+        piece of the source reference (file path, upload name, object key), ignoring case;
         ``since``/``until``, creation time (inclusive/exclusive); ``finished_since``, the
         finish time (inclusive)."""
         newest = not oldest_first
@@ -893,6 +936,9 @@ class JobQueue:
             stmt = stmt.where(Job.created_at < until)
         if finished_since is not None:
             stmt = stmt.where(Job.finished_at >= finished_since)
+        if source_contains is not None:
+            needle = source_contains.lower()
+            stmt = stmt.where(func.lower(Job.source_ref).contains(needle, autoescape=True))
         return self._jobs(stmt)
 
     def _submitted_for(self, detector: str) -> ColumnElement[bool]:
