@@ -81,3 +81,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         finally:
             eng.dispose()
         yield url
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos",
+        type=int,
+        default=2,
+        help="kill -9 trials per database backend in tests/e2e/test_chaos.py (default 2)",
+    )
+    parser.addoption(
+        "--chaos-seed",
+        type=int,
+        default=None,
+        help="seed for the chaos test's choices of clips and kill moments (default: a fresh "
+        "one, printed)",
+    )
