@@ -75,7 +75,8 @@ class Daemon:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})},
             )
-        wait_for(lambda: self.health() is not None, 120, self, "the daemon to become healthy")
+        # Imports and detector set-up have taken over two minutes on a busy two-CPU machine.
+        wait_for(lambda: self.health() is not None, 300, self, "the daemon to become healthy")
 
     def health(self) -> dict[str, Any] | None:
         try:
