@@ -57,8 +57,9 @@ TYPED_CODES = {
 LIMITS = {"max_duration_s": 7200, "max_decoded_frames": 5000}
 TINY_FILES = 200
 GROW_S = 10.0
-# Generous: the daemon holds torch, dlib and a decoder; a bomb that got through would take
-# many gigabytes.
+# The daemon idles at about 1 GiB (torch, dlib, the detector). FFmpeg decodes one frame while
+# opening a file, so declared-16000 alone briefly adds about 750 MiB; the 4K bomb, decoded in
+# full, a few tens. A bomb whose frames were kept, or two declared giants at once, would cross.
 MAX_RSS_BYTES = 2 * 1024**3
 
 
