@@ -102,3 +102,28 @@ def test_no_detector_at_all_is_a_configuration_error(tmp_path: Path) -> None:
     path.write_text("detectors: {}\n")
     with pytest.raises(ConfigError, match="'default' has no detectors"):
         load_config(path, environ={}, base=tmp_path)
+
+
+def test_the_file_is_found_in_order_and_named(tmp_path: Path) -> None:
+    system = tmp_path / "etc.yaml"
+    system.write_text("device: cpu\n")
+    local = tmp_path / "configs" / "default.yaml"
+    local.parent.mkdir()
+    local.write_text("device: auto\n")
+    env_file = tmp_path / "env.yaml"
+    env_file.write_text("device: cpu\n")
+    explicit = tmp_path / "explicit.yaml"
+    explicit.write_text("device: cpu\n")
+    env = {"DRISHTIKSHA_CONFIG": str(env_file)}
+
+    def source(path: Path | None, environ: dict[str, str], etc: Path) -> str:
+        return load_config(path, environ=environ, base=tmp_path, system=etc).source
+
+    assert source(explicit, env, system) == f"{explicit} (--config)"
+    assert source(None, env, system) == f"{env_file} (DRISHTIKSHA_CONFIG)"
+    assert source(None, {}, system) == str(system)
+    assert source(None, {}, tmp_path / "none.yaml") == str(local)
+    local.unlink()
+    assert source(None, {}, tmp_path / "none.yaml") == "embedded defaults"
+    with pytest.raises(ConfigError, match="DRISHTIKSHA_CONFIG"):
+        source(None, {"DRISHTIKSHA_CONFIG": str(tmp_path / "gone.yaml")}, system)
