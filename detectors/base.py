@@ -164,3 +164,23 @@ class Detector(ABC, Generic[ConfigT]):
     @abstractmethod
     def predict(self, batch: Sequence[Any]) -> list[DetectorResult | DetectorError]:
         """Batched inference: exactly one result or error per prepared input, in order."""
+
+    @classmethod
+    def explain(cls, result: DetectorResult) -> str:
+        """What ``result`` means in plain words, for a person who never reads its details.
+        A class method: a stored result is explained without loading any weights. Detectors
+        whose details say why override it."""
+        return describe(cls.key, result)
+
+
+def describe(key: str, result: DetectorResult) -> str:
+    """The plain-words reading of any detector's result: its label, probability and
+    threshold, or why it could not judge."""
+    if result.label is Label.ABSTAIN or result.fake_probability is None:
+        why = result.details.get("message") or str(result.details.get("reason", "no reason given"))
+        return f"{key} could not judge this clip ({why.replace('_', ' ')})."
+    chance = f"{key} puts the chance that it is manipulated at {result.fake_probability:.0%}"
+    if result.label is Label.UNCERTAIN:
+        return f"{chance}, too close to its threshold ({result.threshold:.0%}) to call."
+    side = "at or above" if result.label is Label.FAKE else "below"
+    return f"{chance}, {side} the {result.threshold:.0%} from which it calls a clip fake."

@@ -37,6 +37,7 @@ from detectors.base import (
     DetectorResult,
     Label,
     SampledFrames,
+    describe,
 )
 from detectors.errors import DetectorError
 from detectors.faces import Face, FaceFinder
@@ -65,6 +66,24 @@ CUES = (
     "light_following",
     "face_fraction",
 )
+
+# What each cue measures, in words, for ``explain``.
+CUE_WORDS = {
+    "mouth_eye_sharpness": "how sharp the mouth is against the eyes",
+    "mouth_eye_sharpness_sd": "how much the mouth's sharpness against the eyes' varies",
+    "face_frame_sharpness": "how sharp the face is against the rest of the frame",
+    "chroma_gap": "the colour difference between the cheeks and the skin around the face",
+    "chroma_gap_sd": "how much that colour difference wanders from frame to frame",
+    "luma_gap": "the brightness difference between the cheeks and the area around the face",
+    "landmark_jerk": "how jerky the face's movement is",
+    "landmark_jerk_ratio": "how jerky the face's movement is for its speed",
+    "mouth_vs_eye_motion": "how much the mouth moves against the eyes",
+    "mouth_vs_inner_motion": "how much the mouth moves against the rest of the face",
+    "light_following": "whether the face's brightness follows the background's",
+    "face_fraction": "how many of the frames show a face",
+}
+# Cues named in an explanation: the strongest few say why; all twelve would say nothing.
+_EXPLAINED_CUES = 2
 
 # dlib's 68-point layout.
 _EYES = slice(36, 48)
@@ -468,6 +487,40 @@ class FaceCuesDetector(CalibratedDetector[FaceCuesConfig]):
                 },
             },
         )
+
+    @classmethod
+    def explain(cls, result: DetectorResult) -> str:
+        """The cues that pushed hardest towards the label, and how well the weights ranked
+        clips they never saw."""
+        details = result.details
+        if result.label is Label.ABSTAIN:
+            if details.get("reason") == "no_face":
+                return (
+                    f"{KEY} found a face in {details.get('frames_with_face', 0)} of the first "
+                    f"{details.get('frames', 0)} frames, too few to judge."
+                )
+            return describe(KEY, result)
+        shares = {
+            name: float(cue["logit_share"])
+            for name, cue in (details.get("cues") or {}).items()
+            if name in CUE_WORDS
+        }
+        towards_real = result.label is Label.REAL
+        strongest = sorted(shares, key=lambda n: shares[n], reverse=not towards_real)
+        pushing = [n for n in strongest if (shares[n] < 0) == towards_real and shares[n] != 0]
+        words = [CUE_WORDS[n] for n in pushing[:_EXPLAINED_CUES]]
+        sentence = describe(KEY, result)
+        if words:
+            side = "real" if towards_real else "fake"
+            sentence += f" What weighed most towards {side}: {' and '.join(words)}."
+        held = (details.get("operating_point") or {}).get("held_out")
+        if held:
+            auc = float(held["roc_auc"])
+            sentence += (
+                f" On {held['clips']} clips it never saw, it ranked a fake above a real about "
+                f"{round(auc * 10)} times in 10 (ROC AUC {auc:.2f}): a hint, not proof."
+            )
+        return sentence
 
     def _abstain(self, item: NoFace) -> DetectorResult:
         return DetectorResult(

@@ -40,7 +40,14 @@ from typing import Any, ClassVar
 import c2pa
 from pydantic import Field, field_validator
 
-from detectors.base import Detector, DetectorConfig, DetectorResult, Label, SampledFrames
+from detectors.base import (
+    Detector,
+    DetectorConfig,
+    DetectorResult,
+    Label,
+    SampledFrames,
+    describe,
+)
 from detectors.errors import DetectorError
 from detectors.weights import WeightsError
 
@@ -218,6 +225,31 @@ class ProvenanceDetector(Detector[ProvenanceConfig]):
 
     def check_checkpoint(self, path: str | Path) -> str:
         raise WeightsError(f"{KEY} has no weights: it reads content credentials")
+
+    @classmethod
+    def explain(cls, result: DetectorResult) -> str:
+        """What the content credentials say, and what that is worth."""
+        details = result.details
+        reason = details.get("reason")
+        message = str(details.get("message", ""))
+        said = message[:1].upper() + message[1:]
+        if reason == "declared_generative_ai":
+            return f"{said}: the file's signed maker record (C2PA) says it was made by AI."
+        if reason == "no_manifest":
+            return (
+                "The file carries no content credentials (C2PA); most clips carry none, so "
+                "this says nothing either way."
+            )
+        if reason == "no_generative_ai_declared":
+            return f"{said}: a signed record of where it comes from, with no AI declared."
+        if reason == "untrusted_signer":
+            return (
+                f"{said}; no trusted signer stands behind the declaration, so it is not "
+                "taken as proof."
+            )
+        if reason == "invalid_manifest":
+            return f"{said}: the record was altered or damaged, so it proves nothing."
+        return describe(KEY, result)
 
     def setup(self, device: str) -> None:
         """Build the validator's context (with the trust list, if any); ``device`` is unused."""

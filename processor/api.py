@@ -21,7 +21,7 @@ from typing import Any, Literal
 from aiohttp import web
 from sqlalchemy import Engine
 
-from processor import api_docs, api_native, api_seed
+from processor import api_docs, api_native, api_reviews, api_seed, desk
 from processor.api_auth import HEADER, Keyring
 from processor.api_common import STATE, ApiError, ApiState, io, job_document, now_iso
 from processor.api_metrics import ApiMetrics
@@ -62,6 +62,9 @@ ROUTES: list[tuple[str, str, Handler, Access]] = [
     ("DELETE", "/v1/jobs/{job_id}", api_native.cancel_job, "submit"),
     ("POST", "/v1/jobs/{job_id}/retry", api_native.retry_job, "submit"),
     ("GET", "/v1/jobs/{job_id}/frames", api_native.job_frames, "read"),
+    ("GET", "/v1/jobs/{job_id}/review", api_reviews.get_review, "read"),
+    ("PUT", "/v1/jobs/{job_id}/review", api_reviews.put_review, "submit"),
+    ("GET", "/v1/reviews.csv", api_reviews.reviews_csv, "read"),
     ("GET", "/v1/jobs/{job_id}/visualization", api_native.job_visualization, "read"),
     ("GET", "/v1/videos/{sha256}", api_native.get_video, "read"),
     ("GET", "/v1/detectors", api_native.list_detectors, "read"),
@@ -224,6 +227,7 @@ def init_app(
         app.router.add_route(method, path, handler)
         app[ACCESS][handler] = access
     api_docs.add_static(app)
+    desk.setup(app)
     app.cleanup_ctx.append(_background)
     if keyring.open:
         log.warning(

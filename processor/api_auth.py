@@ -55,6 +55,11 @@ class Keyring:
         """No key is configured: the API needs none."""
         return not self._keys
 
+    def named(self, name: str) -> list[tuple[bytes, Principal]]:
+        """The secret and holder of each key called ``name``: the desk signs a signed-in
+        session with the key, so removing or changing it ends that session."""
+        return [(k.secret, k.principal) for k in self._keys if k.principal.name == name]
+
     def identify(self, presented: str | None) -> Principal | None:
         """The key's holder, or None for a missing or unknown key."""
         if not presented:

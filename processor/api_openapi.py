@@ -53,6 +53,7 @@ _INT = {"type": "integer"}
 _BOOL = {"type": "boolean"}
 _TIME = {"type": "string", "format": "date-time"}
 _STRS = {"type": "array", "items": _STR}
+_DECISIONS = ("confirmed_fake", "confirmed_real", "second_look")
 _REQUEST_ID_HEADER = {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}}
 
 
@@ -236,6 +237,32 @@ def _schemas() -> dict[str, Any]:
                 "verdict": _ref("Verdict"),
                 "results": {"type": "array", "items": _ref("Result")},
             }
+        ),
+        "Review": _obj(
+            {
+                "decision": {"type": "string", "enum": list(_DECISIONS)},
+                "note": _STR,
+                "by": {**_STR, "description": "The API key's name, or anonymous."},
+                "at": _TIME,
+            }
+        ),
+        "Reviews": _obj(
+            {
+                "job_id": _STR,
+                "review": {**_nullable(_ref("Review")), "description": "The current review."},
+                "history": {
+                    "type": "array",
+                    "items": _ref("Review"),
+                    "description": "Every review of the job, newest (the current one) first.",
+                },
+            }
+        ),
+        "ReviewRequest": _obj(
+            {
+                "decision": {"type": "string", "enum": list(_DECISIONS)},
+                "note": {"type": "string", "maxLength": 4000},
+            },
+            required=["decision"],
         ),
         "Frames": _obj(
             {
@@ -577,6 +604,54 @@ def _paths() -> dict[str, Any]:
                     **_errors(400, 401, 403, 404, 409, 503),
                 },
             },
+        },
+        "/v1/jobs/{job_id}/review": {
+            "parameters": [_JOB_ID],
+            "get": {
+                "tags": ["reviews"],
+                "summary": "A person's review of the job, with every earlier one",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response(
+                        "The current review (or null) and the history.", _ref("Reviews")
+                    ),
+                    **_errors(400, 401, 403, 404, 409, 503),
+                },
+            },
+            "put": {
+                "tags": ["reviews"],
+                "summary": "Record a person's judgement: confirmed fake, confirmed real or a "
+                "second look",
+                "description": "Recorded under the key's name (anonymous with no keys "
+                "configured). A review is never overwritten: the new one becomes current and "
+                "the earlier ones stay in the history. Webhook receivers that list the "
+                "reviewed event get a job.reviewed delivery.",
+                "security": _SECURED,
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": _ref("ReviewRequest")}},
+                },
+                "responses": {
+                    "200": _response("The reviews, the new one current.", _ref("Reviews")),
+                    **_errors(400, 401, 403, 404, 409, 503),
+                },
+            },
+        },
+        "/v1/reviews.csv": {
+            "get": {
+                "tags": ["reviews"],
+                "summary": "Jobs people confirmed fake or real, as CSV to retrain on",
+                "description": "One row per job whose current review is confirmed_fake or "
+                "confirmed_real: file (its name in done/), label (FAKE or REAL, the person's), "
+                "sha256, job_id, source_kind, source, machine_label, "
+                "machine_fake_probability, decision, note, reviewer, reviewed_at. Placed in "
+                "done/, it is a labels file for drishtiksha train --data.",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response("The CSV.", _STR, media="text/csv"),
+                    **_errors(400, 401, 403, 503),
+                },
+            }
         },
         "/v1/jobs/{job_id}/frames": {
             "parameters": [_JOB_ID],

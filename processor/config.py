@@ -197,9 +197,15 @@ class ApiConfig(_Section):
     analyze_priority: int = Field(
         100, description="Queue priority of /analyze* jobs: a client is waiting on them."
     )
+    desk_session_s: float = Field(
+        12 * 3600.0,
+        gt=0,
+        description="How long a sign-in to the desk (the web page at /desk/) lasts.",
+    )
 
 
-WebhookEvent = Literal["done", "failed", "cancelled"]
+# "reviewed": a person recorded or changed a review of the job (on the desk or over the API).
+WebhookEvent = Literal["done", "failed", "cancelled", "reviewed"]
 
 
 class WebhookTarget(_Section):

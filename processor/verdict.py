@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from detectors import registry
+from detectors.base import Detector, DetectorResult, Label, describe
 from processor.config import FusionConfig
 from storage.queue import JobState, JobView, StoredResult, VideoView
 
@@ -140,12 +143,56 @@ def weights_warning(results: Sequence[StoredResult]) -> str | None:
 
 
 def job_verdict(job: JobView) -> dict[str, Any] | None:
-    """A job's overall verdict as stored when it finished; None unless it is done. A job
-    finished by a worker of an older release during a rolling upgrade stored none: it gets
-    the rule those releases reported, "any FAKE"."""
+    """A job's overall verdict as stored when it finished, with its ``explanation`` in plain
+    words; None unless it is done. A job finished by a worker of an older release during a
+    rolling upgrade stored none: it gets the rule those releases reported, "any FAKE"."""
     if job.state is not JobState.DONE:
         return None
-    return job.verdict if job.verdict is not None else overall_verdict(job.results)
+    verdict = job.verdict if job.verdict is not None else overall_verdict(job.results)
+    return {**verdict, "explanation": explanation(verdict, job.results)}
+
+
+_HEADLINES = {
+    "FAKE": "Likely manipulated",
+    "UNCERTAIN": "Too close to call",
+    "REAL": "No sign of manipulation found",
+    "ABSTAIN": "No judgement",
+}
+
+
+def explanation(verdict: dict[str, Any], results: Sequence[StoredResult]) -> str:
+    """The verdict in plain words: a headline, then what the detectors behind it say (each
+    detector explains its own result, so the sidecar, the API and the desk say the same)."""
+    label = verdict["label"]
+    decided_by = verdict.get("decided_by")
+    voting = [r for r in results if r.label != "ABSTAIN"]
+    if decided_by is not None:
+        behind = [r for r in results if r.detector == decided_by]
+    elif label == "ABSTAIN":
+        behind = list(results)
+    else:
+        behind = [r for r in voting if r.label == label] or voting
+    reasons = " ".join(explain_result(r) for r in behind)
+    return f"{_HEADLINES.get(label, label)}. {reasons}".strip()
+
+
+def explain_result(r: StoredResult) -> str:
+    """One stored result in plain words, by its detector's ``explain`` (or the generic
+    reading when this build does not know the detector)."""
+    result = DetectorResult(
+        label=Label(r.label),
+        fake_probability=r.fake_probability,
+        threshold=r.threshold,
+        details=r.details,
+    )
+    cls = _detector_classes().get(r.detector)
+    return cls.explain(result) if cls is not None else describe(r.detector, result)
+
+
+@functools.cache
+def _detector_classes() -> dict[str, type[Detector[Any]]]:
+    # The plugins importable in this process never change while it runs.
+    return registry.available()
 
 
 def verdict_document(job: JobView, video: VideoView | None, file: Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Webhooks: an HTTP POST to each configured receiver when a job ends.
+"""Webhooks: an HTTP POST to each configured receiver when a job ends (and, for receivers that
+ask for ``reviewed``, when a person reviews one).
 
 Deliveries go through an outbox table: a finished job adds its rows, and a dispatcher task sends
 them, retrying with exponential back-off. Inference never waits for a receiver, a restart loses
@@ -48,6 +49,25 @@ def event_payload(job: JobView) -> dict[str, Any]:
         ),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }
+
+
+def review_payload(job: JobView, review: dict[str, Any]) -> dict[str, Any]:
+    """What a receiver learns when a person reviews a job: the machine's verdict and the
+    person's ``review`` (decision, note, by, at)."""
+    return {
+        "event": "job.reviewed",
+        "job_id": job.id,
+        "state": job.state.value,
+        "sha256": job.video_sha256,
+        "source": {"kind": job.source_kind, "ref": job.source_ref},
+        "verdict": job_verdict(job),
+        "review": review,
+    }
+
+
+def review_targets(config: WebhooksConfig) -> list[str]:
+    """The receivers that asked for ``reviewed`` events."""
+    return [t.url for t in config.targets if "reviewed" in t.events]
 
 
 def enqueue_for(queue: JobQueue, config: WebhooksConfig, job: JobView) -> None:

@@ -202,3 +202,25 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None]
     created_at: Mapped[dt.datetime]
     delivered_at: Mapped[dt.datetime | None]
+
+
+REVIEW_DECISIONS = ("confirmed_fake", "confirmed_real", "second_look")
+
+
+class Review(Base):
+    """A person's judgement of a job's verdict. Rows are only ever added: a change of mind is a
+    new row, so the table is the audit trail and a job's current review is its newest row."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        CheckConstraint(f"decision IN {REVIEW_DECISIONS!r}", name="decision"),
+        # a job's newest review, and the review-state filters of the desk's list.
+        Index("ix_reviews_job", "job_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64), ForeignKey("jobs.id"))
+    decision: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str]
+    reviewer: Mapped[str] = mapped_column(String(255))  # the API key's name, or "anonymous"
+    created_at: Mapped[dt.datetime]
