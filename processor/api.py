@@ -19,20 +19,30 @@ from importlib import metadata
 from typing import Any, Literal
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy import Engine
 
 from processor import api_docs, api_native, api_reviews, api_seed, desk
 from processor.api_auth import HEADER, Keyring
-from processor.api_common import STATE, ApiError, ApiState, io, job_document, now_iso
+from processor.api_common import (
+    PRINCIPAL,
+    STATE,
+    ApiError,
+    ApiState,
+    io,
+    job_document,
+    now_iso,
+)
 from processor.api_metrics import ApiMetrics
+from processor.api_openapi import query_parameters
 from processor.api_uploads import sweep
-from processor.config import Config, ConfigError
+from processor.config import ApiConfig, Config, ConfigError
 from processor.lifecycle import Lifecycle
 from processor.worker import Worker
 from storage.errors import StorageError
 from storage.queue import JobQueue
 
-__all__ = ["init_app", "job_document"]
+__all__ = ["init_app", "job_document", "runner"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Access = Literal["read", "submit", "health", "metrics"] | None
 
 ACCESS: web.AppKey[dict[Any, Access]] = web.AppKey("drishtiksha_access")
+# (method, route) -> the query parameters it takes.
+QUERY: web.AppKey[dict[tuple[str, str], frozenset[str]]] = web.AppKey("drishtiksha_query")
+# The status nginx gives a request whose client went away before the answer: not the
+# server's error, so not a 5xx in /metrics.
+CLIENT_CLOSED = 499
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _SEED_PREFIX = "/analyze"
@@ -48,6 +63,7 @@ _SEED_PREFIX = "/analyze"
 ROUTES: list[tuple[str, str, Handler, Access]] = [
     ("GET", "/", api_seed.service_info, "health"),
     ("GET", "/health", api_native.health, "health"),
+    ("GET", "/v1/status", api_native.status, "read"),
     ("GET", "/metrics", api_native.metrics, "metrics"),
     ("GET", "/openapi.json", api_docs.openapi_json, None),
     ("GET", "/docs", api_docs.docs_page, None),
@@ -81,7 +97,13 @@ def _scope(state: ApiState, access: Access) -> Literal["read", "submit"] | None:
 
 def _authorize(request: web.Request, state: ApiState, access: Access) -> None:
     scope = _scope(state, access)
-    if scope is None or state.keyring.open:
+    if state.keyring.open:
+        return
+    if scope is None:
+        # Open routes still note a valid key: uploads count against it, not the address.
+        principal = state.keyring.identify(request.headers.get(HEADER))
+        if principal is not None:
+            request[PRINCIPAL] = principal
         return
     principal = state.keyring.identify(request.headers.get(HEADER))
     if principal is None:
@@ -95,13 +117,39 @@ def _authorize(request: web.Request, state: ApiState, access: Access) -> None:
             headers={"WWW-Authenticate": f'ApiKey header="{HEADER}"'},
             title="Unauthorized",
         )
-    if scope not in principal.scopes:
+    if not principal.may(scope):
         raise ApiError(
             403,
             "insufficient_scope",
             f"the key '{principal.name}' lacks the '{scope}' scope this endpoint needs",
             title="Forbidden",
         )
+    request[PRINCIPAL] = principal
+
+
+def _check_query(request: web.Request, allowed: dict[tuple[str, str], frozenset[str]]) -> None:
+    """Refuse query parameters the route does not take (those the OpenAPI document lists), so
+    a misspelt filter is an error instead of being ignored. Only the native /v1 routes: the
+    older service's clients and health checkers may add their own."""
+    route = request.match_info.route.resource
+    if route is None or not route.canonical.startswith("/v1/"):
+        return
+    known = allowed.get((request.method, route.canonical), frozenset())
+    unknown = sorted(set(request.query) - known)
+    if unknown:
+        raise ApiError(
+            400,
+            "unknown_parameter",
+            f"unknown query parameter {unknown[0]!r}; this endpoint takes "
+            f"{', '.join(sorted(known)) or 'none'}",
+        )
+
+
+def _client_gone(request: web.Request, exc: Exception) -> bool:
+    """Whether ``exc`` is the client hanging up mid-request (a broken upload included)."""
+    transport = request.transport
+    closed = transport is None or transport.is_closing()
+    return closed and isinstance(exc, ConnectionError | HttpProcessingError | ApiError)
 
 
 def error_response(request: web.Request, exc: ApiError, request_id: str) -> web.Response:
@@ -155,12 +203,36 @@ async def frame(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         access = request.app[ACCESS].get(request.match_info.handler)
         _authorize(request, state, access)
+        _check_query(request, request.app[QUERY])
         response = await handler(request)
-    except ApiError as exc:
-        response = error_response(request, exc, request_id)
-    except web.HTTPException as exc:
-        response = error_response(request, _from_http_exception(exc), request_id)
-    except StorageError as exc:
+    except Exception as exc:
+        if _client_gone(request, exc):
+            # Counted under its own status, logged in one line: nothing failed on our side,
+            # and the upload's partial file is already removed.
+            log.info(
+                "request %s: %s %s: the client went away (%s)",
+                request_id,
+                request.method,
+                request.path,
+                type(exc).__name__,
+            )
+            response = web.Response(status=CLIENT_CLOSED)
+        else:
+            response = _error_for(request, exc, request_id)
+    response.headers["X-Request-ID"] = request_id
+    state.metrics.observe_request(
+        route_name, request.method, response.status, time.perf_counter() - start
+    )
+    return response
+
+
+def _error_for(request: web.Request, exc: Exception, request_id: str) -> web.Response:
+    """The error document for what a handler raised."""
+    if isinstance(exc, ApiError):
+        return error_response(request, exc, request_id)
+    if isinstance(exc, web.HTTPException):
+        return error_response(request, _from_http_exception(exc), request_id)
+    if isinstance(exc, StorageError):
         log.warning("request %s: database error: %s", request_id, exc)
         response = error_response(
             request,
@@ -168,18 +240,11 @@ async def frame(request: web.Request, handler: Handler) -> web.StreamResponse:
             request_id,
         )
         response.headers["Retry-After"] = "5"
-    except Exception:
-        log.exception("request %s: %s %s failed", request_id, request.method, request.path)
-        response = error_response(
-            request,
-            ApiError(500, "internal_error", "internal error; see the server log"),
-            request_id,
-        )
-    response.headers["X-Request-ID"] = request_id
-    state.metrics.observe_request(
-        route_name, request.method, response.status, time.perf_counter() - start
+        return response
+    log.error("request %s: %s %s failed", request_id, request.method, request.path, exc_info=exc)
+    return error_response(
+        request, ApiError(500, "internal_error", "internal error; see the server log"), request_id
     )
-    return response
 
 
 def init_app(
@@ -223,6 +288,7 @@ def init_app(
     app = web.Application(middlewares=[frame])
     app[STATE] = state
     app[ACCESS] = {}
+    app[QUERY] = query_parameters()
     for method, path, handler, access in ROUTES:
         app.router.add_route(method, path, handler)
         app[ACCESS][handler] = access
@@ -234,6 +300,14 @@ def init_app(
             "API on %s:%d accepts requests without a key (none is configured)", api.host, api.port
         )
     return app
+
+
+def runner(app: web.Application, api: ApiConfig) -> web.AppRunner:
+    """The runner that serves ``app``. aiohttp's keep-alive timer also runs from the moment a
+    connection opens until its request head is complete, so it is the deadline for the head:
+    a client that sends nothing, or its headers a byte at a time, is cut off after
+    ``header_timeout_s`` instead of holding the connection for ever."""
+    return web.AppRunner(app, keepalive_timeout=api.header_timeout_s)
 
 
 async def _background(app: web.Application) -> Any:

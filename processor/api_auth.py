@@ -21,6 +21,10 @@ class Principal:
     name: str
     scopes: frozenset[Scope]
 
+    def may(self, scope: Scope) -> bool:
+        """Whether this key holds ``scope``; admin holds every scope."""
+        return scope in self.scopes or "admin" in self.scopes
+
 
 @dataclass(frozen=True)
 class _Key:
@@ -64,7 +68,11 @@ class Keyring:
         """The key's holder, or None for a missing or unknown key."""
         if not presented:
             return None
-        candidate = presented.encode()
+        try:
+            candidate = presented.encode()
+        except UnicodeEncodeError:
+            # Header bytes that are not UTF-8 arrive as lone surrogates: no key looks like that.
+            return None
         found: Principal | None = None
         # Compare against every key, so the time taken tells nothing about which one matched.
         for key in self._keys:

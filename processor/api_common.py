@@ -7,17 +7,19 @@ import asyncio
 import datetime as dt
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, TypeVar
 
 from aiohttp import web
 from sqlalchemy import Engine
 
 from detectors.frames import DecodeLimits
-from processor.api_auth import Keyring
+from processor.api_auth import Keyring, Principal
 from processor.api_metrics import ApiMetrics
-from processor.config import Config
+from processor.config import Config, Scope
 from processor.lifecycle import Lifecycle
 from processor.verdict import job_verdict, result_document
 from processor.worker import Worker
@@ -27,6 +29,9 @@ T = TypeVar("T")
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# What a person copies from a log line or a listing: a unique start of the id or hash.
+JOB_ID_PREFIX = re.compile(r"^[0-9a-f]{8,32}$")
+SHA256_PREFIX = re.compile(r"^[0-9a-f]{12,64}$")
 FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 
 # How often a request waiting on a job looks at its row: the worker may be another process, so
@@ -73,10 +78,21 @@ class ApiState:
     device: str | None  # where this process's worker runs its detectors
     version: str
     uploads_active: int = 0
+    uploads_by_client: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
 
 
 STATE = web.AppKey("drishtiksha_api", ApiState)
+# The key that authorized the request, when keys are configured and the route needs one.
+PRINCIPAL = web.RequestKey("drishtiksha_principal", Principal)
+
+
+def may(request: web.Request, scope: Scope) -> bool:
+    """Whether the request's key holds ``scope``; with no key configured, everyone does."""
+    if request.app[STATE].keyring.open:
+        return True
+    principal = request.get(PRINCIPAL)
+    return principal is not None and principal.may(scope)
 
 
 async def io(fn: Callable[..., T], *args: Any) -> T:
@@ -96,21 +112,29 @@ def now_iso() -> str:
     return iso(dt.datetime.now(dt.UTC).replace(microsecond=0)) or ""
 
 
-def job_document(job: JobView) -> dict[str, Any]:
-    """A job as the API shows it."""
+def job_document(job: JobView, *, paths: bool = True) -> dict[str, Any]:
+    """A job as the API shows it; without ``paths``, the server's file paths (inbox file,
+    done/ file) are cut to their file names, in the error message too."""
+    ref, output, message = job.source_ref, job.output_path, job.error_message
+    if not paths:
+        server_paths = [p for p in (job.work_path, job.output_path) if p]
+        if job.source_kind == "folder":
+            server_paths.append(job.source_ref)
+            ref = PurePath(job.source_ref).name
+        output = PurePath(output).name if output else None
+        for path in sorted(server_paths, key=len, reverse=True):
+            message = message.replace(path, PurePath(path).name) if message else message
     return {
         "id": job.id,
         "state": job.state.value,
         "sha256": job.video_sha256,
-        "source": {"kind": job.source_kind, "ref": job.source_ref, "inbox": job.inbox},
+        "source": {"kind": job.source_kind, "ref": ref, "inbox": job.inbox},
         "detectors": job.detectors,
         "priority": job.priority,
         "attempts": job.attempts,
         "cached": job.cached,
-        "error": (
-            {"code": job.error_code, "message": job.error_message} if job.error_code else None
-        ),
-        "output_path": job.output_path,
+        "error": ({"code": job.error_code, "message": message} if job.error_code else None),
+        "output_path": output,
         "created_at": job.created_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
@@ -119,12 +143,24 @@ def job_document(job: JobView) -> dict[str, Any]:
     }
 
 
-def job_id_param(request: web.Request) -> str:
-    """The ``{job_id}`` path parameter, validated."""
-    job_id = request.match_info["job_id"]
-    if not JOB_ID.match(job_id):
-        raise ApiError(400, "bad_job_id", "a job id is 32 lowercase hex characters")
-    return job_id
+async def job_id_param(request: web.Request) -> str:
+    """The ``{job_id}`` path parameter: a job id, or a unique start of one (8+ hex
+    characters); 404 when no job matches, 409 when several do."""
+    job_id = request.match_info["job_id"].lower()
+    if not JOB_ID_PREFIX.match(job_id):
+        raise ApiError(
+            400, "bad_job_id", "a job id is 32 hex characters (or a unique start of 8 or more)"
+        )
+    if JOB_ID.match(job_id):
+        return job_id
+    matches = await io(request.app[STATE].queue.job_ids_starting, job_id, 2)
+    if not matches:
+        raise ApiError(404, "job_not_found", f"no job {job_id}")
+    if len(matches) > 1:
+        raise ApiError(
+            409, "ambiguous_job_id", f"several jobs start with {job_id}; give more characters"
+        )
+    return matches[0]
 
 
 async def wait_for_job(

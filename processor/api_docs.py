@@ -63,7 +63,10 @@ def add_static(app: web.Application) -> None:
 
 async def openapi_json(request: web.Request) -> web.Response:
     """GET /openapi.json."""
-    return web.json_response(document(request.app[STATE].version))
+    state = request.app[STATE]
+    return web.json_response(
+        document(state.version, state.detector_keys, state.config.api.request_timeout_s)
+    )
 
 
 async def docs_page(request: web.Request) -> web.Response:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import logging
 import re
 import time
 from pathlib import Path
@@ -17,22 +19,33 @@ from processor import retry
 from processor.api_common import (
     JOB_ID,
     SHA256,
+    SHA256_PREFIX,
     STATE,
     ApiError,
     ApiState,
     io,
     job_document,
     job_id_param,
+    may,
     now_iso,
     wait_for_job,
 )
-from processor.api_uploads import check_video, discard, enqueue, receive, upload_slot
+from processor.api_uploads import (
+    check_video,
+    client_of,
+    discard,
+    enqueue,
+    receive,
+    upload_slot,
+)
 from processor.files import sha256_file
 from processor.verdict import overall_verdict, result_document, video_document
 from processor.visualize import render_video, shared_face_finder
 from storage.db import ping
 from storage.errors import StorageError
 from storage.queue import JobState, StoredResult
+
+log = logging.getLogger(__name__)
 
 _LABELS = ("REAL", "FAKE", "UNCERTAIN", "ABSTAIN")
 _SOURCE_KIND = re.compile(r"^[a-z0-9_]{1,16}$")
@@ -49,16 +62,17 @@ def requested_detectors(state: ApiState, arg: str | None) -> list[str]:
     inbox's list."""
     if arg is None:
         return list(state.config.inboxes[0].detectors)
-    keys = list(dict.fromkeys(k.strip() for k in arg.split(",") if k.strip()))
+    # Exactly what /openapi.json says: keys joined by commas, nothing empty, no spaces.
+    keys = arg.split(",")
     unknown = [k for k in keys if k not in state.detector_keys]
-    if not keys or unknown:
+    if unknown:
         raise ApiError(
             400,
             "unknown_detector",
-            f"unknown or unloaded detectors {unknown or [arg]}; choose from "
+            f"unknown or unloaded detectors {unknown}; give keys joined by commas from "
             f"{', '.join(state.detector_keys)}",
         )
-    return keys
+    return list(dict.fromkeys(keys))
 
 
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -122,7 +136,7 @@ async def submit_job(request: web.Request) -> web.Response:
     detectors = requested_detectors(state, request.query.get("detectors"))
     priority = _int_param(request, "priority", 0, *_PRIORITY_RANGE)
     wait_s = _seconds_param(request, "wait", state.config.api.request_timeout_s)
-    with upload_slot(state):
+    with upload_slot(state, client_of(request)):
         upload = await receive(request, state)
     hits = await io(_cached, state, upload.sha256, detectors)
     if hits is not None:
@@ -148,18 +162,20 @@ async def submit_job(request: web.Request) -> web.Response:
     if job is None:
         raise ApiError(500, "job_vanished", f"job {upload.job_id} was queued but is gone")
     return web.json_response(
-        job_document(job), status=201, headers={"Location": f"/v1/jobs/{job.id}"}
+        job_document(job, paths=may(request, "admin")),
+        status=201,
+        headers={"Location": f"/v1/jobs/{job.id}"},
     )
 
 
 async def get_job(request: web.Request) -> web.Response:
     """GET /v1/jobs/{job_id}."""
     state = request.app[STATE]
-    job_id = job_id_param(request)
+    job_id = await job_id_param(request)
     job = await io(state.queue.get, job_id)
     if job is None:
         raise ApiError(404, "job_not_found", f"no job {job_id}")
-    return web.json_response(job_document(job))
+    return web.json_response(job_document(job, paths=may(request, "admin")))
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -171,7 +187,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     except ValueError:
         choices = ", ".join(s.value for s in JobState)
         raise ApiError(400, "bad_query", f"state must be one of {choices}") from None
-    label = q.get("label")
+    label = q["label"].upper() if "label" in q else None
     if label is not None and label not in _LABELS:
         raise ApiError(400, "bad_query", f"label must be one of {', '.join(_LABELS)}")
     detector = q.get("detector")
@@ -199,7 +215,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     )
     return web.json_response(
         {
-            "jobs": [job_document(j) for j in jobs],
+            "jobs": [job_document(j, paths=may(request, "admin")) for j in jobs],
             "next": jobs[-1].id if len(jobs) == limit else None,
         }
     )
@@ -208,7 +224,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def cancel_job(request: web.Request) -> web.Response:
     """DELETE /v1/jobs/{job_id}: cancel a queued job."""
     state = request.app[STATE]
-    job_id = job_id_param(request)
+    job_id = await job_id_param(request)
     cancelled = await io(state.queue.cancel, job_id)
     job = await io(state.queue.get, job_id)
     if job is None:
@@ -222,25 +238,25 @@ async def cancel_job(request: web.Request) -> web.Response:
     # Nobody else finalizes a job that never ran: move its inbox file to failed/ (or drop an
     # upload's copy) now.
     await io(state.lifecycle.finalize, job)
-    return web.json_response(job_document(job))
+    return web.json_response(job_document(job, paths=may(request, "admin")))
 
 
 async def retry_job(request: web.Request) -> web.Response:
     """POST /v1/jobs/{job_id}/retry: queue a failed or cancelled job again, attempts reset."""
     state = request.app[STATE]
-    job_id = job_id_param(request)
+    job_id = await job_id_param(request)
     try:
         job = await io(retry.retry_job, state.queue, state.lifecycle.inboxes, job_id)
     except retry.RetryRefused as exc:
         raise ApiError(404 if exc.code == "job_not_found" else 409, exc.code, exc.message) from None
     state.lifecycle.on_enqueued()
-    return web.json_response(job_document(job))
+    return web.json_response(job_document(job, paths=may(request, "admin")))
 
 
 async def job_frames(request: web.Request) -> web.Response:
     """GET /v1/jobs/{job_id}/frames: per-frame fake probabilities of each detector."""
     state = request.app[STATE]
-    job_id = job_id_param(request)
+    job_id = await job_id_param(request)
     job = await io(state.queue.get, job_id)
     if job is None:
         raise ApiError(404, "job_not_found", f"no job {job_id}")
@@ -307,7 +323,36 @@ async def render_result(
         raise ApiError(422, exc.code, f"the video cannot be rendered: {exc.message}") from exc
     except TransientError as exc:
         raise ApiError(503, exc.code, exc.message, headers={"Retry-After": "5"}) from exc
+    api = state.config.api
+    await io(
+        prune_artefacts, dst.parent.parent, api.artefacts_max_files, api.artefacts_max_bytes, dst
+    )
     return dst
+
+
+def prune_artefacts(root: Path, max_files: int, max_bytes: int, keep: Path) -> int:
+    """Delete the oldest renderings under ``root`` until at most ``max_files`` of them, of
+    ``max_bytes`` in all, remain; ``keep`` (the one about to be served) stays. Returns how
+    many went."""
+    kept = []
+    for path in root.glob("*/*.annotated.mp4"):
+        with contextlib.suppress(FileNotFoundError):
+            kept.append((path.stat().st_mtime, path.stat().st_size, path))
+    kept.sort(reverse=True)  # newest first
+    files = total = removed = 0
+    for _, size, path in kept:
+        files += 1
+        total += size
+        if path == keep or (files <= max_files and total <= max_bytes):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # only once empty
+    if removed:
+        log.info("removed %d old renderings from %s", removed, root)
+    return removed
 
 
 def video_response(path: Path, filename: str) -> web.FileResponse:
@@ -326,7 +371,7 @@ async def job_visualization(request: web.Request) -> web.StreamResponse:
     rendered from the job's file while the server still has it (a folder job's file in done/),
     then kept."""
     state = request.app[STATE]
-    job_id = job_id_param(request)
+    job_id = await job_id_param(request)
     detector = request.query.get("detector")
     if detector is not None and not _DETECTOR_KEY.match(detector):
         raise ApiError(400, "bad_query", "detector must be a detector key")
@@ -353,6 +398,13 @@ async def job_visualization(request: web.Request) -> web.StreamResponse:
             (Path(p) for p in (job.output_path, job.work_path) if p and Path(p).is_file()), None
         )
 
+    if not may(request, "submit"):
+        raise ApiError(
+            403,
+            "insufficient_scope",
+            f"job {job_id} has no rendering of {key} yet, and rendering one needs the "
+            "'submit' scope",
+        )
     source = await io(existing)
     if source is None:
         raise ApiError(
@@ -369,8 +421,19 @@ async def get_video(request: web.Request) -> web.Response:
     """GET /v1/videos/{sha256}: have we seen these exact bytes, and what did we say?"""
     state = request.app[STATE]
     sha = request.match_info["sha256"].lower()
+    if not SHA256_PREFIX.match(sha):
+        raise ApiError(
+            400, "bad_sha256", "a sha256 is 64 hex characters (or a unique start of 12 or more)"
+        )
     if not SHA256.match(sha):
-        raise ApiError(400, "bad_sha256", "a sha256 is 64 hex characters")
+        matches = await io(state.queue.video_hashes_starting, sha, 2)
+        if len(matches) > 1:
+            raise ApiError(
+                409,
+                "ambiguous_sha256",
+                f"several videos' sha256 start with {sha}; give more characters",
+            )
+        sha = matches[0] if matches else sha
     video = await io(state.queue.get_video, sha)
     if video is None:
         raise ApiError(404, "video_not_found", "these bytes have never been seen")
@@ -379,7 +442,7 @@ async def get_video(request: web.Request) -> web.Response:
         {
             **(video_document(video) or {}),
             "first_seen": video.first_seen.isoformat(),
-            "jobs": [job_document(j) for j in jobs],
+            "jobs": [job_document(j, paths=may(request, "admin")) for j in jobs],
         }
     )
 
@@ -440,8 +503,35 @@ def worker_alive(state: ApiState) -> bool:
 
 async def health(request: web.Request) -> web.Response:
     """GET /health: ready (200) when the database answers and, in a process with a worker,
-    the worker's loops run with every detector loaded; 503 otherwise."""
+    the worker's loops run with every detector loaded; 503 otherwise. Open to anyone, so it
+    says only that, and what the older service's clients read; the rest is GET /v1/status."""
     state = request.app[STATE]
+    ready, _ = await _readiness(state)
+    body = {
+        "service": "drishtiksha",
+        "status": "healthy" if ready else "unhealthy",
+        "ready": ready,
+        "version": state.version,
+        "timestamp": now_iso(),
+        # The older service's clients read these two.
+        "available_models": state.detector_keys,
+        "default_model": state.config.api.default_model,
+    }
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def status(request: web.Request) -> web.Response:
+    """GET /v1/status: readiness with its reasons: the database, this process's worker, every
+    worker sharing the database and what it holds, and the detectors."""
+    state = request.app[STATE]
+    ready, body = await _readiness(state)
+    body["status"] = "healthy" if ready else "unhealthy"
+    body["ready"] = ready
+    return web.json_response(body)
+
+
+async def _readiness(state: ApiState) -> tuple[bool, dict[str, Any]]:
+    """Whether this process is ready, and the detailed status that says why."""
     body: dict[str, Any] = {
         "service": "drishtiksha",
         "version": state.version,
@@ -486,12 +576,9 @@ async def health(request: web.Request) -> web.Response:
         }
         for key, row in report.items()
     }
-    # The older service's clients read these two.
     body["available_models"] = state.detector_keys
     body["default_model"] = state.config.api.default_model
-    body["status"] = "healthy" if ready else "unhealthy"
-    body["ready"] = ready
-    return web.json_response(body, status=200 if ready else 503)
+    return ready, body
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 JSON = "application/json"
@@ -16,8 +17,9 @@ _ERROR_TEXT = {
     401: "No API key, or an unknown one.",
     403: "The key lacks the scope this endpoint needs.",
     404: "Not found.",
-    408: "The upload stalled (sent nothing for upload_idle_timeout_s).",
-    409: "Conflict with the job's state.",
+    408: "The upload stalled (sent nothing for upload_idle_timeout_s), averaged less than "
+    "upload_min_bytes_per_s, or took longer than upload_deadline_s.",
+    409: "Conflict with the job's state, or a job id prefix that several jobs share.",
     413: "The upload is larger than max_upload_bytes.",
     415: "The body is not a video container (checked by probing the bytes).",
     422: "A video that cannot be judged (corrupt, over a limit), or an unknown model.",
@@ -90,7 +92,11 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     }
 
 
-_JOB_ID = _path_param("job_id", "^[0-9a-f]{32}$", "Job id: 32 lowercase hex characters.")
+_JOB_ID = _path_param(
+    "job_id",
+    "^[0-9a-fA-F]{8,32}$",
+    "Job id: 32 hex characters, or a unique start of 8 or more (409 if several jobs share it).",
+)
 _VIDEO_BODY = {
     "required": True,
     "description": "The video: a multipart form with a file field `video` (as the older "
@@ -102,11 +108,17 @@ _VIDEO_BODY = {
                 "type": "object",
                 "properties": {"video": {"type": "string", "format": "binary"}},
                 "required": ["video"],
+                # Other fields are read past, within api.max_form_parts and
+                # api.max_form_field_bytes, but none is part of the interface.
+                "additionalProperties": False,
             },
             "encoding": {"video": {"contentType": "video/*, application/octet-stream"}},
         },
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        "video/mp4": {"schema": {"type": "string", "format": "binary"}},
+        # An empty body is no video (400).
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary", "minLength": 1}
+        },
+        "video/mp4": {"schema": {"type": "string", "format": "binary", "minLength": 1}},
     },
 }
 _ANNOTATED_VIDEO = {
@@ -117,11 +129,19 @@ _ANNOTATED_VIDEO = {
     },
     "content": {"video/mp4": {"schema": {"type": "string", "format": "binary"}}},
 }
-_MODEL = _query(
-    "model",
-    {"type": "string"},
-    "Detector key; default: the api.default_model setting.",
-)
+
+
+def _model(detector_keys: list[str]) -> dict[str, Any]:
+    return _query(
+        "model",
+        {"type": "string", "enum": ["", *detector_keys]},
+        "Detector key; default (absent or empty): the api.default_model setting.",
+    )
+
+
+def _any_case(word: str) -> str:
+    """A regular expression for ``word`` in any letter case (JSON Schema has no flags)."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
 
 
 def _schemas() -> dict[str, Any]:
@@ -162,7 +182,11 @@ def _schemas() -> dict[str, Any]:
             "attempts": _INT,
             "cached": _BOOL,
             "error": _nullable(_obj({"code": _STR, "message": _nullable(_STR)})),
-            "output_path": _nullable(_STR),
+            "output_path": {
+                **_nullable(_STR),
+                "description": "Where a folder job's file went (done/ or failed/): the full "
+                "path for admin keys (and with no keys configured), else the file name.",
+            },
             "created_at": _TIME,
             "started_at": _nullable(_TIME),
             "finished_at": _nullable(_TIME),
@@ -308,6 +332,17 @@ def _schemas() -> dict[str, Any]:
         ),
         "Health": _obj(
             {
+                "service": _STR,
+                "status": {"type": "string", "enum": ["healthy", "unhealthy"]},
+                "ready": _BOOL,
+                "version": _STR,
+                "timestamp": _STR,
+                "available_models": _STRS,
+                "default_model": _STR,
+            }
+        ),
+        "Status": _obj(
+            {
                 "status": {"type": "string", "enum": ["healthy", "unhealthy"]},
                 "ready": _BOOL,
                 "service": _STR,
@@ -319,6 +354,10 @@ def _schemas() -> dict[str, Any]:
                 "worker": _nullable(
                     _obj({"id": _STR, "alive": _BOOL, "held_jobs": _INT, "batches_run": _INT})
                 ),
+                "workers": {
+                    "type": "array",
+                    "items": _obj({"id": _STR, "alive": _BOOL, "held_jobs": _INT}),
+                },
                 "detectors": {
                     "type": "object",
                     "additionalProperties": _obj(
@@ -399,14 +438,14 @@ def _schemas() -> dict[str, Any]:
     }
 
 
-def _seed_analysis(summary: str, schema: str) -> dict[str, Any]:
+def _seed_analysis(summary: str, schema: str, detector_keys: list[str]) -> dict[str, Any]:
     return {
         "post": {
             "tags": ["older service"],
             "summary": summary,
             "description": "Queued at api.analyze_priority; answers when the job is done.",
             "security": _SECURED,
-            "parameters": [_MODEL],
+            "parameters": [_model(detector_keys)],
             "requestBody": _VIDEO_BODY,
             "responses": {
                 "200": _response("The analysis.", _ref(schema)),
@@ -416,7 +455,10 @@ def _seed_analysis(summary: str, schema: str) -> dict[str, Any]:
     }
 
 
-def _paths() -> dict[str, Any]:
+def _paths(detector_keys: list[str], request_timeout_s: float) -> dict[str, Any]:
+    key = "(" + "|".join(re.escape(k) for k in detector_keys) + ")"
+    detector_key = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
+    labels = ("REAL", "FAKE", "UNCERTAIN", "ABSTAIN")
     list_params = [
         _query(
             "state",
@@ -425,12 +467,15 @@ def _paths() -> dict[str, Any]:
         ),
         _query(
             "label",
-            {"type": "string", "enum": ["REAL", "FAKE", "UNCERTAIN", "ABSTAIN"]},
-            "Only done jobs whose overall verdict has this label.",
+            {"type": "string", "pattern": "^(" + "|".join(map(_any_case, labels)) + ")$"},
+            "Only done jobs whose overall verdict has this label (REAL, FAKE, UNCERTAIN or "
+            "ABSTAIN, in any letter case).",
         ),
-        _query("detector", {"type": "string"}, "Only jobs submitted for this detector."),
+        _query("detector", detector_key, "Only jobs submitted for this detector."),
         _query(
-            "source_kind", {"type": "string"}, "Only jobs from this source (folder, upload...)."
+            "source_kind",
+            {"type": "string", "pattern": "^[a-z0-9_]{1,16}$"},
+            "Only jobs from this source (folder, upload...).",
         ),
         _query("since", _TIME, "Only jobs created at or after this time."),
         _query("until", _TIME, "Only jobs created before this time."),
@@ -460,12 +505,27 @@ def _paths() -> dict[str, Any]:
                 "tags": ["operations"],
                 "summary": "Liveness and readiness",
                 "description": "200 when ready: the database answers and, where this process "
-                "runs a worker, its loops are alive and every detector is loaded.",
+                "runs a worker, its loops are alive and every detector is loaded. Says nothing "
+                "more (it needs no key); the reasons are in GET /v1/status.",
                 "security": _OPTIONAL_KEY,
                 "responses": {
                     "200": _response("Ready.", _ref("Health")),
                     "503": _response("Not ready.", _ref("Health")),
                     **_errors(401, 403),
+                },
+            }
+        },
+        "/v1/status": {
+            "get": {
+                "tags": ["operations"],
+                "summary": "Detailed status",
+                "description": "Readiness with its reasons: the database and its job counts, "
+                "this process's worker, every worker sharing the database and how many jobs "
+                "each holds, and each detector's version, weights and load state.",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response("The status.", _ref("Status")),
+                    **_errors(400, 401, 403),
                 },
             }
         },
@@ -496,9 +556,9 @@ def _paths() -> dict[str, Any]:
                 "responses": {"200": _response("HTML page.", _STR, "text/html")},
             }
         },
-        "/analyze": _seed_analysis("Quick analysis", "SeedQuick"),
-        "/analyze/detailed": _seed_analysis("Detailed analysis", "SeedDetailed"),
-        "/analyze/frames": _seed_analysis("Frame-by-frame analysis", "SeedFrames"),
+        "/analyze": _seed_analysis("Quick analysis", "SeedQuick", detector_keys),
+        "/analyze/detailed": _seed_analysis("Detailed analysis", "SeedDetailed", detector_keys),
+        "/analyze/frames": _seed_analysis("Frame-by-frame analysis", "SeedFrames", detector_keys),
         "/analyze/visualize": {
             "post": {
                 "tags": ["older service"],
@@ -508,7 +568,7 @@ def _paths() -> dict[str, Any]:
                 "face box, per-frame score bar and verdict drawn on every frame. Also kept for "
                 "GET /v1/jobs/{job_id}/visualization.",
                 "security": _SECURED,
-                "parameters": [_MODEL],
+                "parameters": [_model(detector_keys)],
                 "requestBody": _VIDEO_BODY,
                 "responses": {
                     "200": _ANNOTATED_VIDEO,
@@ -524,8 +584,8 @@ def _paths() -> dict[str, Any]:
                 "parameters": [
                     _query(
                         "detectors",
-                        {"type": "string"},
-                        "Comma-separated detector keys; default: the first inbox's.",
+                        {"type": "string", "pattern": f"^{key}(,{key})*$"},
+                        "Comma-separated detector keys; default (absent): the first inbox's.",
                     ),
                     _query(
                         "priority",
@@ -534,7 +594,7 @@ def _paths() -> dict[str, Any]:
                     ),
                     _query(
                         "wait",
-                        {"type": "number", "minimum": 0},
+                        {"type": "number", "minimum": 0, "maximum": request_timeout_s},
                         "Answer when the job is done or after this many seconds, whichever "
                         "comes first (at most request_timeout_s).",
                     ),
@@ -575,7 +635,7 @@ def _paths() -> dict[str, Any]:
                 "security": _SECURED,
                 "responses": {
                     "200": _response("The job.", _ref("Job")),
-                    **_errors(400, 401, 403, 404, 503),
+                    **_errors(400, 401, 403, 404, 409, 503),
                 },
             },
             "delete": {
@@ -661,7 +721,7 @@ def _paths() -> dict[str, Any]:
                 "security": _SECURED,
                 "responses": {
                     "200": _response("Frame scores (t: seconds, p: probability).", _ref("Frames")),
-                    **_errors(400, 401, 403, 404, 503),
+                    **_errors(400, 401, 403, 404, 409, 503),
                 },
             },
         },
@@ -671,15 +731,14 @@ def _paths() -> dict[str, Any]:
                 "tags": ["jobs"],
                 "summary": "Annotated video of one detector's result",
                 "description": "Rendered from the job's video while the server still has it "
-                "(a folder job's file in done/), then kept; an upload's copy is deleted once "
-                "judged, so an upload job has one only if POST /analyze/visualize made it.",
+                "(a folder job's file in done/), then kept (the oldest renderings are deleted "
+                "past api.artefacts_max_files or api.artefacts_max_bytes); an upload's copy is "
+                "deleted once judged, so an upload job has one only if POST /analyze/visualize "
+                "made it. Fetching a kept rendering needs the read scope, rendering one the "
+                "submit scope (403 otherwise).",
                 "security": _SECURED,
                 "parameters": [
-                    _query(
-                        "detector",
-                        {"type": "string"},
-                        "Detector key; default: the job's first detector.",
-                    )
+                    _query("detector", detector_key, "Detector key; default: the job's first.")
                 ],
                 "responses": {
                     "200": _ANNOTATED_VIDEO,
@@ -689,7 +748,12 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/videos/{sha256}": {
             "parameters": [
-                _path_param("sha256", "^[0-9a-fA-F]{64}$", "sha256 of the video's bytes.")
+                _path_param(
+                    "sha256",
+                    "^[0-9a-fA-F]{12,64}$",
+                    "sha256 of the video's bytes, or a unique start of 12 or more hex "
+                    "characters (409 if several videos share it).",
+                )
             ],
             "get": {
                 "tags": ["videos"],
@@ -697,7 +761,7 @@ def _paths() -> dict[str, Any]:
                 "security": _SECURED,
                 "responses": {
                     "200": _response("The video and every job for it.", _ref("Video")),
-                    **_errors(400, 401, 403, 404, 503),
+                    **_errors(400, 401, 403, 404, 409, 503),
                 },
             },
         },
@@ -708,15 +772,28 @@ def _paths() -> dict[str, Any]:
                 "security": _SECURED,
                 "responses": {
                     "200": _response("The detectors.", _ref("Detectors")),
-                    **_errors(401, 403),
+                    **_errors(400, 401, 403),
                 },
             }
         },
     }
 
 
-def document(version: str) -> dict[str, Any]:
-    """The OpenAPI 3.1 document."""
+def query_parameters() -> dict[tuple[str, str], frozenset[str]]:
+    """(method, path) -> the names of the query parameters the operation takes."""
+    taken: dict[tuple[str, str], frozenset[str]] = {}
+    for path, item in _paths(["any"], 1.0).items():
+        shared = item.get("parameters", [])
+        for method, op in item.items():
+            if method != "parameters":
+                params = [*shared, *op.get("parameters", [])]
+                names = frozenset(p["name"] for p in params if p["in"] == "query")
+                taken[(method.upper(), path)] = names
+    return taken
+
+
+def document(version: str, detector_keys: list[str], request_timeout_s: float) -> dict[str, Any]:
+    """The OpenAPI 3.1 document, for a server whose workers load ``detector_keys``."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -727,7 +804,7 @@ def document(version: str) -> dict[str, Any]:
             "except on the older service's /analyze endpoints, which keep theirs.",
         },
         "servers": [{"url": "/"}],
-        "paths": _paths(),
+        "paths": _paths(detector_keys, request_timeout_s),
         "components": {
             "schemas": _schemas(),
             "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},

@@ -22,7 +22,15 @@ from detectors.base import FrameScore
 from detectors.temporal import TemporalAnalysis, analyse
 from processor.api_common import STATE, ApiError, ApiState, io, iso, now_iso, wait_for_job
 from processor.api_native import render_result, video_response
-from processor.api_uploads import VIDEO_SUFFIX, Upload, check_video, enqueue, receive, upload_slot
+from processor.api_uploads import (
+    VIDEO_SUFFIX,
+    Upload,
+    check_video,
+    client_of,
+    enqueue,
+    receive,
+    upload_slot,
+)
 from processor.verdict import weights_warning
 from storage.queue import JobState, JobView, StoredResult
 
@@ -83,7 +91,7 @@ async def _judged(
     ``before_enqueue`` sees the vetted upload while its file is sure to exist."""
     state = request.app[STATE]
     model = model_param(state, request)
-    with upload_slot(state):
+    with upload_slot(state, client_of(request)):
         upload = await receive(request, state)
     await check_video(upload, state.limits)
     if before_enqueue is not None:

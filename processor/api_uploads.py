@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -19,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -33,10 +34,12 @@ from detectors.errors import (
     TransientError,
 )
 from detectors.frames import DecodeLimits, probe
-from processor.api_common import JOB_ID, ApiError, ApiState, io
+from processor.api_common import JOB_ID, PRINCIPAL, ApiError, ApiState, io
+from processor.config import ApiConfig
 from processor.files import fsync_dir
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FIELD = "video"
 PART_SUFFIX = ".part"
@@ -63,23 +66,106 @@ class Upload:
     filename: str  # the client's name for it: data, never a path
 
 
+def client_of(request: web.Request) -> str:
+    """Who an upload counts against: the API key's name, or with no key the client address."""
+    principal = request.get(PRINCIPAL)
+    if principal is not None:
+        return f"key {principal.name}"
+    return f"address {request.remote}"
+
+
 @contextmanager
-def upload_slot(state: ApiState) -> Iterator[None]:
-    """Hold one of the ``max_concurrent_uploads`` slots, or refuse with 503."""
-    if state.uploads_active >= state.config.api.max_concurrent_uploads:
-        raise ApiError(
-            503,
-            "too_many_uploads",
-            f"{state.uploads_active} uploads are already being received; try again shortly",
-            headers={"Retry-After": "2"},
-        )
+def upload_slot(state: ApiState, client: str) -> Iterator[None]:
+    """Hold one of the ``max_concurrent_uploads`` slots, at most ``max_uploads_per_client``
+    of them for one client, or refuse with 503."""
+    api = state.config.api
+    if state.uploads_active >= api.max_concurrent_uploads:
+        raise _busy(f"{state.uploads_active} uploads are already being received")
+    if state.uploads_by_client[client] >= api.max_uploads_per_client:
+        raise _busy(f"this client already sends {api.max_uploads_per_client} uploads")
     state.uploads_active += 1
+    state.uploads_by_client[client] += 1
     state.metrics.uploads_in_progress.set(state.uploads_active)
     try:
         yield
     finally:
         state.uploads_active -= 1
+        state.uploads_by_client[client] -= 1
+        if not state.uploads_by_client[client]:
+            del state.uploads_by_client[client]
         state.metrics.uploads_in_progress.set(state.uploads_active)
+
+
+def _busy(why: str) -> ApiError:
+    return ApiError(
+        503, "too_many_uploads", f"{why}; try again shortly", headers={"Retry-After": "2"}
+    )
+
+
+class _Pace:
+    """How long an upload may take: nothing at all for ``upload_idle_timeout_s``, on average
+    less than ``upload_min_bytes_per_s`` over a window of ``upload_rate_window_s``, or longer
+    than ``upload_deadline_s`` in all is refused with 408. Without the rate and the deadline a
+    client trickling a byte now and then would hold an upload slot for ever."""
+
+    def __init__(self, api: ApiConfig) -> None:
+        self._api = api
+        now = time.monotonic()
+        self._deadline = now + api.upload_deadline_s
+        self._window_start = now
+        self._window_bytes = 0
+
+    async def read(self, read: Callable[[], Awaitable[T]]) -> T:
+        """The next chunk of the body (or the next part's head), within the limits."""
+        api = self._api
+        window_end = self._window_start + api.upload_rate_window_s
+        owed = api.upload_min_bytes_per_s * api.upload_rate_window_s > self._window_bytes
+        now = time.monotonic()
+        # Waiting past the window's end only matters when the window is short of bytes: only
+        # then is the read cut there (a cut read is never resumed: the upload is refused).
+        wait = min(api.upload_idle_timeout_s, self._deadline - now)
+        if owed:
+            wait = min(wait, window_end - now)
+        try:
+            async with asyncio.timeout(max(wait, 0.0)):
+                chunk = await read()
+        except TimeoutError:
+            now = time.monotonic()
+            if now >= self._deadline:
+                raise self._deadline_passed() from None
+            if owed and now >= window_end:
+                raise self._too_slow() from None
+            raise ApiError(
+                408,
+                "upload_timeout",
+                f"the upload sent nothing for {api.upload_idle_timeout_s:g} s",
+            ) from None
+        now = time.monotonic()
+        if now >= self._deadline:
+            raise self._deadline_passed()
+        if now >= window_end:
+            if owed:
+                raise self._too_slow()
+            self._window_start, self._window_bytes = now, 0
+        if isinstance(chunk, bytes | bytearray):
+            self._window_bytes += len(chunk)
+        return chunk
+
+    def _too_slow(self) -> ApiError:
+        api = self._api
+        return ApiError(
+            408,
+            "upload_too_slow",
+            f"the upload sent less than {api.upload_min_bytes_per_s:g} bytes/s over "
+            f"{api.upload_rate_window_s:g} s",
+        )
+
+    def _deadline_passed(self) -> ApiError:
+        return ApiError(
+            408,
+            "upload_deadline",
+            f"the upload took longer than {self._api.upload_deadline_s:g} s",
+        )
 
 
 async def receive(request: web.Request, state: ApiState) -> Upload:
@@ -104,10 +190,11 @@ async def receive(request: web.Request, state: ApiState) -> Upload:
         raise _too_large(cap)
     filename: str
     read: Callable[[], Awaitable[bytes]]
+    pace = _Pace(api)
     if multipart:
         with _malformed_is_bad_request():
             reader = await request.multipart()
-            part = await _video_part(reader, cap, api.upload_idle_timeout_s)
+            part = await _video_part(reader, api, pace)
         filename = _clean_name(part.filename)
 
         async def read() -> bytes:
@@ -125,7 +212,7 @@ async def receive(request: web.Request, state: ApiState) -> Upload:
     f = await io(_create, partial)
     try:
         with _malformed_is_bad_request():
-            digest, size = await _copy(read, f, cap, api.upload_idle_timeout_s)
+            digest, size = await _copy(read, f, cap, pace)
         await io(_close_durably, f)
         if size == 0:
             raise ApiError(400, "empty_video", "the uploaded video is empty (0 bytes)")
@@ -212,39 +299,45 @@ def sweep(folder: Path, known_job_ids: Callable[[list[str]], set[str]]) -> int:
     return removed
 
 
-async def _video_part(reader: MultipartReader, cap: int, idle_s: float) -> BodyPartReader:
-    """The ``video`` part; other parts (form fields) are read past, within the byte cap."""
-    seen = 0
-    while True:
-        async with asyncio.timeout(idle_s):
-            part = await reader.next()
+async def _video_part(reader: MultipartReader, api: ApiConfig, pace: _Pace) -> BodyPartReader:
+    """The ``video`` part; other parts (form fields) are read past, each within
+    ``max_form_field_bytes`` and at most ``max_form_parts`` of them. Parts already received
+    are parsed without the loop ever waiting, so only these caps keep a body of thousands of
+    tiny parts from holding the event loop (and every other request) while it is parsed."""
+    for _ in range(api.max_form_parts):
+        part = await pace.read(reader.next)
         if part is None:
             raise ApiError(400, "missing_video", _missing_message())
         if not isinstance(part, BodyPartReader):
             raise ApiError(400, "bad_multipart", "nested multipart bodies are not accepted")
         if part.name == FIELD:
             return part
-        while chunk := await part.read_chunk(_CHUNK):
+        seen = 0
+        while chunk := await pace.read(functools.partial(part.read_chunk, _CHUNK)):
             seen += len(chunk)
-            if seen > cap:
-                raise _too_large(cap)
+            if seen > api.max_form_field_bytes:
+                raise ApiError(
+                    413,
+                    "form_field_too_large",
+                    f"the form field {part.name!r} is larger than the limit of "
+                    f"{api.max_form_field_bytes} bytes",
+                )
+    raise ApiError(
+        400,
+        "too_many_parts",
+        f"the form has more than {api.max_form_parts} parts before the '{FIELD}' field",
+    )
 
 
 async def _copy(
-    read: Callable[[], Awaitable[bytes]], f: BinaryIO, cap: int, idle_s: float
+    read: Callable[[], Awaitable[bytes]], f: BinaryIO, cap: int, pace: _Pace
 ) -> tuple[str, int]:
     """Copy the body into ``f``, hashing it; (sha256, bytes)."""
     digest = hashlib.sha256()
     size = 0
     pending = bytearray()
     while True:
-        try:
-            async with asyncio.timeout(idle_s):
-                chunk = await read()
-        except TimeoutError:
-            raise ApiError(
-                408, "upload_timeout", f"the upload sent nothing for {idle_s:g} s"
-            ) from None
+        chunk = await pace.read(read)
         if not chunk:
             break
         size += len(chunk)

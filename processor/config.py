@@ -136,7 +136,8 @@ class QueueConfig(_Section):
     )
 
 
-Scope = Literal["read", "submit"]
+# admin: everything, and server paths (work, done, inbox files) in what the API shows.
+Scope = Literal["read", "submit", "admin"]
 
 
 def _all_scopes() -> list[Scope]:
@@ -153,7 +154,8 @@ class ApiKeyConfig(_Section):
     scopes: list[Scope] = Field(
         default_factory=_all_scopes,
         min_length=1,
-        description="read: GET the jobs, videos and detectors; submit: upload and cancel.",
+        description="read: GET the jobs, videos, detectors and status; submit: upload, cancel "
+        "and render visualisations; admin: all of it, with the server's file paths.",
     )
 
 
@@ -182,6 +184,46 @@ class ApiConfig(_Section):
     )
     upload_idle_timeout_s: float = Field(
         30.0, gt=0, description="An upload that sends nothing for this long is dropped (408)."
+    )
+    upload_min_bytes_per_s: float = Field(
+        16384.0,
+        ge=0,
+        description="An upload averaging less than this over upload_rate_window_s is dropped "
+        "(408), so trickling clients cannot hold the upload slots.",
+    )
+    upload_rate_window_s: float = Field(
+        30.0, gt=0, description="The window upload_min_bytes_per_s is averaged over."
+    )
+    upload_deadline_s: float = Field(
+        3600.0, gt=0, description="Longest one upload may take from first byte to last (408)."
+    )
+    max_uploads_per_client: int = Field(
+        2,
+        ge=1,
+        description="Uploads one API key (or, with no keys, one client address) may have in "
+        "progress at once; more are refused with 503.",
+    )
+    max_form_parts: int = Field(
+        8,
+        ge=1,
+        description="Parts a multipart upload may have before the video (400 past it).",
+    )
+    max_form_field_bytes: int = Field(
+        65536, ge=1, description="Largest multipart part other than the video (413 past it)."
+    )
+    header_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="A connection must send a complete request head within this long of "
+        "opening or of its previous answer, or it is closed (slow or idle clients).",
+    )
+    artefacts_max_files: int = Field(
+        200, ge=1, description="Rendered visualisations kept; the oldest are deleted past it."
+    )
+    artefacts_max_bytes: int = Field(
+        2 * 1024**3,
+        ge=1,
+        description="Total size of kept visualisations; the oldest are deleted past it.",
     )
     request_timeout_s: float = Field(
         300.0,

@@ -23,6 +23,7 @@ from detectors.base import Detector
 from detectors.frames import DecodeLimits
 from processor import systemd
 from processor.api import init_app
+from processor.api import runner as api_runner
 from processor.config import Config, ConfigError, describe_errors
 from processor.ingest import FolderWatcher
 from processor.lifecycle import Lifecycle
@@ -166,7 +167,7 @@ class Daemon:
                     await sqs.start()
                     watchers.append(sqs)
             if self.role in ("all", "api") and self.config.api.enabled:
-                runner = web.AppRunner(init_app(self.config, queue, engine, worker))
+                runner = api_runner(init_app(self.config, queue, engine, worker), self.config.api)
                 await runner.setup()
                 site = web.TCPSite(runner, self.config.api.host, self.config.api.port)
                 await site.start()

@@ -675,6 +675,29 @@ class JobQueue:
             .order_by(Job.created_at.desc(), Job.id.desc())
         )
 
+    def job_ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` job ids that start with ``prefix`` (lowercase hex), in order."""
+        return self._ids_starting(Job.id, prefix, limit)
+
+    def video_hashes_starting(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` video sha256s that start with ``prefix`` (lowercase hex), in order."""
+        return self._ids_starting(Video.sha256, prefix, limit)
+
+    def _ids_starting(
+        self, column: InstrumentedAttribute[str], prefix: str, limit: int
+    ) -> list[str]:
+        # A range rather than LIKE: it uses the primary key's index on both databases. Every
+        # id is lowercase hex, and "g" sorts after every hex digit.
+        with self._read() as session:
+            return list(
+                session.scalars(
+                    select(column)
+                    .where(column >= prefix, column < prefix + "g")
+                    .order_by(column)
+                    .limit(limit)
+                )
+            )
+
     def counts(self) -> dict[str, int]:
         """Number of jobs per state (all states present, zero included)."""
         counts = {state.value: 0 for state in JobState}

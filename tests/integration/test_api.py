@@ -17,10 +17,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp import web
 from sqlalchemy import Engine
 
-from processor.api import init_app
+from processor.api import init_app, runner
 from processor.api_uploads import sweep
 from processor.config import Config, ConfigError
 from processor.daemon import load_pipeline
@@ -77,9 +77,9 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @dataclass
 class Live:
-    """A running API: its URL, a client session, and what it was built from."""
+    """A running API: its port, a client session, and what it was built from."""
 
-    server: TestServer
+    port: int
     session: aiohttp.ClientSession
     config: Config
     queue: JobQueue
@@ -91,7 +91,7 @@ class Live:
         return self.config.api.upload_dir
 
     def url(self, path: str) -> str:
-        return str(self.server.make_url(path))
+        return f"http://127.0.0.1:{self.port}{path}"
 
     async def call(
         self, method: str, path: str, *, key: str | None = None, **kwargs: Any
@@ -155,9 +155,12 @@ async def start_api(tmp_path: Path, database_url: str, pipeline: Pipeline) -> As
                 else None
             )
             app = init_app(config, queue, engine, w, environ=environ or {})
-            server = TestServer(app, host="127.0.0.1")
-            await server.start_server()
-            stack.push_async_callback(server.close)
+            # Served as the daemon serves it (same runner and settings), on a free port.
+            served = runner(app, config.api)
+            await served.setup()
+            stack.push_async_callback(served.cleanup)
+            await web.TCPSite(served, "127.0.0.1", 0).start()
+            port = served.addresses[0][1]
             stop = asyncio.Event()
             task = asyncio.create_task(w.run(stop)) if w is not None else None
 
@@ -169,15 +172,14 @@ async def start_api(tmp_path: Path, database_url: str, pipeline: Pipeline) -> As
             stack.push_async_callback(stop_worker)
             session = aiohttp.ClientSession()
             stack.push_async_callback(session.close)
-            return Live(server, session, config, queue, w, stop_worker)
+            return Live(port, session, config, queue, w, stop_worker)
 
         yield start
 
 
 async def raw_request(live: Live, head: str, body: bytes) -> tuple[asyncio.StreamReader, Any]:
     """Open a connection and send ``head`` and the start of a body, as a slow client would."""
-    assert live.server.port is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", live.server.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
     writer.write(head.encode() + b"\r\n\r\n" + body)
     await writer.drain()
     return reader, writer
@@ -500,6 +502,7 @@ PROTECTED = [
     ("GET", f"/v1/jobs/{'a' * 32}/visualization", "read"),
     ("GET", f"/v1/videos/{'a' * 64}", "read"),
     ("GET", "/v1/detectors", "read"),
+    ("GET", "/v1/status", "read"),
     ("POST", "/analyze", "submit"),
     ("POST", "/analyze/detailed", "submit"),
     ("POST", "/analyze/frames", "submit"),
@@ -691,18 +694,20 @@ async def test_health_follows_the_worker(start_api: Start) -> None:
         status, health, _ = await live.call("GET", "/health")
         if status == 200:
             break
-        assert health["worker"]["alive"] is False
         await asyncio.sleep(0.05)
     assert status == 200, health
-    assert (health["status"], health["ready"], health["database"]) == ("healthy", True, "ok")
-    assert health["worker"]["alive"] is True
-    assert health["detectors"][DETECTOR]["loaded"] is True
+    assert (health["status"], health["ready"]) == ("healthy", True)
     assert health["available_models"] == [DETECTOR]
+    _, detail, _ = await live.call("GET", "/v1/status")
+    assert (detail["ready"], detail["database"]) == (True, "ok")
+    assert detail["worker"]["alive"] is True
+    assert detail["detectors"][DETECTOR]["loaded"] is True
     await live.stop_worker()
     status, health, _ = await live.call("GET", "/health")
     assert status == 503
     assert health["status"] == "unhealthy"
-    assert health["worker"]["alive"] is False
+    _, detail, _ = await live.call("GET", "/v1/status")
+    assert detail["worker"]["alive"] is False
 
 
 async def test_detectors(start_api: Start) -> None:
