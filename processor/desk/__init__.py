@@ -53,8 +53,9 @@ def setup(app: web.Application) -> None:
         ("POST", "/signin", views.signin),
         ("POST", "/signout", views.signout),
         ("POST", "/upload", views.upload),
-        ("GET", "/jobs/{job_id}", views.job_page),
+        # Before the page's route, whose {job_id} would also match "<id>.json".
         ("GET", "/jobs/{job_id}.json", views.job_json),
+        ("GET", "/jobs/{job_id}", views.job_page),
         ("GET", "/jobs/{job_id}/video", views.job_video),
         ("POST", "/jobs/{job_id}/review", views.review),
         ("POST", "/jobs/{job_id}/retry", views.retry_job),

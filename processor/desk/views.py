@@ -418,4 +418,3 @@ async def upload(request: web.Request) -> web.StreamResponse:
     """POST /desk/upload: the API's own upload (``POST /v1/jobs``), with the desk's session in
     place of the key header."""
     return await api_native.submit_job(request)
-

@@ -38,8 +38,11 @@ ERRORS = {
 
 
 def file_name(job: JobView) -> str:
-    """The name a person knows the clip by."""
-    return PurePath(job.source_ref).name or job.source_ref
+    """The name a person knows the clip by: an inbox file's name without its folder; an
+    upload's name as the client sent it (data, not a path: it may hold a slash)."""
+    if job.source_kind == "folder":
+        return PurePath(job.source_ref).name or job.source_ref
+    return job.source_ref
 
 
 def badge(doc: dict[str, Any]) -> str:
