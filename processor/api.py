@@ -276,7 +276,12 @@ def init_app(
         worker=worker,
         lifecycle=worker.lifecycle
         if worker is not None
-        else Lifecycle(queue, config.inboxes, config.queue),
+        else Lifecycle(
+            queue,
+            config.inboxes,
+            config.queue,
+            keep_uploads_bytes=config.api.keep_uploads_bytes,
+        ),
         keyring=keyring,
         metrics=metrics,
         detector_keys=detector_keys,

@@ -182,6 +182,13 @@ class ApiConfig(_Section):
     max_concurrent_uploads: int = Field(
         4, ge=1, description="Uploads received at once; more are refused with 503."
     )
+    keep_uploads_bytes: int = Field(
+        2 * 1024**3,
+        ge=0,
+        description="Judged uploads are kept under <upload_dir>/kept/ so the desk can play them "
+        "and a failed one can be retried, oldest deleted past this total; 0 deletes each upload "
+        "once its job ends.",
+    )
     upload_idle_timeout_s: float = Field(
         30.0, gt=0, description="An upload that sends nothing for this long is dropped (408)."
     )

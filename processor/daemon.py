@@ -121,6 +121,7 @@ class Daemon:
             self.config.queue,
             webhooks=self.config.webhooks,
             max_file_bytes=self.config.limits.max_file_bytes,
+            keep_uploads_bytes=self.config.api.keep_uploads_bytes,
         )
         runner: web.AppRunner | None = None
         watchers: list[FolderWatcher | SqsSource] = []

@@ -41,6 +41,7 @@ from storage.queue import JobQueue, JobState, JobView
 log = logging.getLogger(__name__)
 
 _JOB_DIR_LEN = 32  # uuid4().hex
+KEPT_UPLOADS = "kept"  # <upload_dir>/kept/: ended uploads kept for playback and retry
 # A file still being written changes between the stats around its hashing; after this many
 # tries it is queued under the last hash, and finalize judges it again if it changed since.
 _HASH_TRIES = 5
@@ -63,9 +64,11 @@ class Lifecycle:
         on_enqueued: Callable[[], None] = lambda: None,
         webhooks: WebhooksConfig | None = None,
         max_file_bytes: int | None = None,
+        keep_uploads_bytes: int = 0,
     ) -> None:
         self.queue = queue
         self.max_file_bytes = max_file_bytes
+        self.keep_uploads_bytes = keep_uploads_bytes
         self.inboxes = {inbox.name: inbox for inbox in inboxes}
         self.queue_config = queue_config
         self.on_enqueued = on_enqueued
@@ -209,6 +212,18 @@ class Lifecycle:
                 enqueue_for(self.queue, self.webhooks, current)
             self.queue.mark_finalized(current.id)
 
+    def _keep_upload(self, job: JobView, copy: Path) -> None:
+        """Keep the API's copy of an ended upload under ``<upload_dir>/kept/`` (the desk plays
+        it, a failed one can be retried), then delete the oldest kept copies past
+        ``keep_uploads_bytes``. The original stays with the client, so this is a cache."""
+        kept = copy.parent / KEPT_UPLOADS / copy.name
+        if copy.exists():
+            kept.parent.mkdir(exist_ok=True)
+            os.replace(copy, kept)  # server-chosen names: <job id>.video, never a user's
+            self.queue.set_output_path(job.id, str(kept))
+        log.info("job %s %s: upload %s kept", job.id, job.state.value, job.source_ref)
+        _prune_oldest(kept.parent, self.keep_uploads_bytes)
+
     def _rejudge_if_changed(self, job: JobView) -> bool:
         """An inbox file that changed after its sha256 was taken (a writer that paused longer
         than ``quiet_s``, then went on) was judged on bytes that are no longer there. Then the
@@ -264,6 +279,9 @@ class Lifecycle:
 
     def _place_file(self, job: JobView) -> None:
         """Move the file to done/ or failed/ with its sidecar, or drop our own copy."""
+        if job.source_kind == "upload" and job.work_path is not None and self.keep_uploads_bytes:
+            self._keep_upload(job, Path(job.work_path))
+            return
         if job.source_kind in ("upload", "s3") and job.work_path is not None:
             # The API's own copy of an uploaded video, or the download of an S3 object: the
             # verdict lives in the database and the original stays with the client or in the
@@ -319,3 +337,20 @@ def _stable_hash(path: Path) -> tuple[tuple[int, int], str]:
         if after == before:
             break
     return before, digest
+
+
+def _prune_oldest(folder: Path, max_bytes: int) -> None:
+    """Delete the least recently kept files in ``folder`` until they total ``max_bytes``."""
+    files = []
+    for entry in os.scandir(folder):
+        with contextlib.suppress(FileNotFoundError):
+            if entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                files.append((st.st_mtime_ns, st.st_size, Path(entry.path)))
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files):
+        if total <= max_bytes:
+            break
+        path.unlink(missing_ok=True)
+        total -= size
+        log.info("deleted kept upload %s (over api.keep_uploads_bytes)", path.name)

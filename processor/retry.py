@@ -57,7 +57,8 @@ def retry_job(queue: JobQueue, inboxes: Collection[str], job_id: str) -> JobView
 
 def _take_file_back(job: JobView, inboxes: Collection[str]) -> None:
     """Make the job's file lie at its work path again: moved back from failed/ (its error
-    sidecar removed) for a folder job; refused when the file is gone."""
+    sidecar removed) for a folder job, or from the kept uploads for an upload; refused when
+    the file is gone."""
     if job.work_path is None:
         raise RetryRefused("file_gone", f"job {job.id} has no file of its own to run again")
     work = Path(job.work_path)
@@ -69,7 +70,7 @@ def _take_file_back(job: JobView, inboxes: Collection[str]) -> None:
         )
     if work.is_file():
         return  # a retry stopped between moving the file back and queueing the job
-    if job.source_kind != "folder" or job.output_path is None:
+    if job.source_kind not in ("folder", "upload") or job.output_path is None:
         raise RetryRefused(
             "file_gone",
             f"job {job.id}: its file {work} is gone ({job.source_kind} copies are removed when "
@@ -82,4 +83,5 @@ def _take_file_back(job: JobView, inboxes: Collection[str]) -> None:
     move_no_overwrite(kept, work)
     fsync_dir(work.parent)
     # The sidecar described the failure being undone; the log line of the retry keeps it.
+    # (A kept upload has none.)
     kept.with_name(kept.name + ERROR_SUFFIX).unlink(missing_ok=True)

@@ -316,8 +316,8 @@ async def _job(request: web.Request) -> JobView:
 
 def video_file(job: JobView) -> Path | None:
     """The job's video while the server still has it: a folder job's file in done/ or
-    failed/, or in the work area while the job is open. An upload's copy is deleted once its
-    job ends."""
+    failed/, an upload's kept copy (``api.keep_uploads_bytes``), or the work area's copy while
+    the job is open."""
     for candidate in (job.output_path, job.work_path):
         if candidate and Path(candidate).is_file():
             return Path(candidate)

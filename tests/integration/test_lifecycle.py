@@ -17,6 +17,7 @@ import pytest
 from processor.config import InboxConfig, QueueConfig
 from processor.files import sha256_file
 from processor.lifecycle import Lifecycle
+from processor.retry import retry_job
 from storage.db import make_engine
 from storage.queue import JobQueue, JobState, NewResult
 
@@ -356,3 +357,69 @@ async def test_a_touched_but_unchanged_file_is_not_judged_again(
     lifecycle.finalize(view)
     assert (inbox.done / "clip.mp4.verdict.json").is_file()
     assert len(queue.list()) == 1
+
+
+def _upload_job(queue: JobQueue, upload_dir: Path, content: bytes) -> str:
+    job_id = uuid.uuid4().hex
+    copy = upload_dir / f"{job_id}.video"
+    copy.write_bytes(content)
+    os.utime(copy, ns=(len(queue.list()), len(queue.list())))  # older first
+    queue.enqueue(
+        job_id=job_id,
+        sha256=sha256_file(copy),
+        size_bytes=len(content),
+        source_kind="upload",
+        source_ref="clip.mp4",
+        detectors=["color-cues-lstm-v1"],
+        work_path=str(copy),
+    )
+    return job_id
+
+
+async def test_ended_uploads_are_kept_for_playback_and_retry_oldest_out_first(
+    queue: JobQueue, tmp_path: Path
+) -> None:
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    lifecycle = Lifecycle(queue, [], QueueConfig(), keep_uploads_bytes=10)
+    first = _upload_job(queue, uploads, b"123456")
+    _finish(queue, first, False)
+    view = queue.get(first)
+    assert view is not None
+    lifecycle.finalize(view)
+    kept = uploads / "kept" / f"{first}.video"
+    assert kept.read_bytes() == b"123456"
+    view = queue.get(first)
+    assert view is not None
+    assert view.output_path == str(kept)
+
+    # A failed upload runs again from its kept copy.
+    retry_job(queue, [], first)
+    assert (uploads / f"{first}.video").read_bytes() == b"123456"
+    _finish(queue, first, True)
+    view = queue.get(first)
+    assert view is not None
+    lifecycle.finalize(view)
+
+    second = _upload_job(queue, uploads, b"abcdef")
+    _finish(queue, second, True)
+    view = queue.get(second)
+    assert view is not None
+    lifecycle.finalize(view)
+    # 12 bytes kept would pass the 10 allowed: the older copy goes.
+    assert sorted(p.name for p in (uploads / "kept").iterdir()) == [f"{second}.video"]
+    assert sorted(p.name for p in uploads.iterdir()) == ["kept"]
+
+
+async def test_ended_uploads_are_deleted_when_keeping_is_off(
+    queue: JobQueue, tmp_path: Path
+) -> None:
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    lifecycle = Lifecycle(queue, [], QueueConfig(), keep_uploads_bytes=0)
+    job_id = _upload_job(queue, uploads, b"123")
+    _finish(queue, job_id, True)
+    view = queue.get(job_id)
+    assert view is not None
+    lifecycle.finalize(view)
+    assert list(uploads.iterdir()) == []
