@@ -52,6 +52,7 @@ class SampledFrames:
     # The first frames of the video, consecutive, for detectors that measure motion between
     # frames (``Detector.run_frames``); RGB uint8 like ``frames``.
     run: list[np.ndarray] = field(default_factory=list)
+    run_timestamps: list[float] = field(default_factory=list)  # seconds, one per ``run`` frame
 
     def subset(self, n: int) -> SampledFrames:
         """``n`` frames spread evenly over this sample (all of them when it holds fewer)."""
@@ -64,6 +65,7 @@ class SampledFrames:
             [self.timestamps[i] for i in idx],
             self.path,
             self.run,
+            self.run_timestamps,
         )
 
 

@@ -17,14 +17,23 @@ a model of motion. What that leaves, and what the cues measure over a run of con
 Each cue is a number per clip, so the model is a standardisation and one weight per cue: small
 enough to train on a few hundred clips, and readable (``details.cues`` reports every cue and
 its contribution). The weights file is JSON; its sha256 is the weights id.
+
+For a timeline, the same cues are also measured over windows of the run (``WINDOW_FRAMES``
+frames, ``WINDOW_STRIDE`` apart, faces found once per frame) and weighed by the same model and
+calibration: one ``frame_scores`` entry per window with three faces or more, at its centre.
+The model was trained and calibrated on whole clips' cues, so window scores are indicative
+(where in the run the cues look most repainted), not verdicts; the clip's probability and
+label come from the whole run alone, exactly as without windows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -35,6 +44,7 @@ from pydantic import Field, model_validator
 from detectors.base import (
     DetectorConfig,
     DetectorResult,
+    FrameScore,
     Label,
     SampledFrames,
     describe,
@@ -82,6 +92,10 @@ CUE_WORDS = {
     "light_following": "whether the face's brightness follows the background's",
     "face_fraction": "how many of the frames show a face",
 }
+# The windows the timeline's scores come from: long enough for the motion cues (second
+# differences, medians), half overlapping so a change shows in two windows.
+WINDOW_FRAMES = 16
+WINDOW_STRIDE = 8
 # Cues named in an explanation: the strongest few say why; all twelve would say nothing.
 _EXPLAINED_CUES = 2
 
@@ -133,11 +147,15 @@ class FaceCuesConfig(CalibratedConfig):
 
 @dataclass(frozen=True)
 class FaceCuesInput:
-    """One clip's cues, in ``CUES`` order."""
+    """One clip's cues, in ``CUES`` order, and the same cues over windows of the run."""
 
     cues: np.ndarray  # (len(CUES),) float64
     frames_sampled: int
     frames_with_face: int
+    # (windows, len(CUES)) and each window's centre in seconds; empty where only the clip's
+    # cues were kept (the training feature cache: training and evaluation use no windows).
+    window_cues: np.ndarray = field(default_factory=lambda: np.zeros((0, len(CUES))))
+    window_times: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -318,13 +336,11 @@ def _following(face: np.ndarray, background: np.ndarray) -> float:
     return float(np.corrcoef(df, db)[0, 1])
 
 
-def measure_cues(
+def measure_frames(
     run: Sequence[np.ndarray], finder: FaceFinder, max_side: int
-) -> FaceCuesInput | NoFace:
-    """The cues of one run of consecutive RGB frames (``CUES`` order)."""
-    frames: list[_Frame] = []
-    pairs: list[tuple[float, float, float]] = []  # mouth, eyes, inner motion of adjacent frames
-    previous: _Frame | None = None
+) -> list[_Frame | None]:
+    """What each frame of a run of consecutive RGB frames contributes (None: no usable face)."""
+    measured: list[_Frame | None] = []
     for rgb in run:
         rows, cols = rgb.shape[:2]
         scale = min(1.0, max_side / max(rows, cols))
@@ -332,22 +348,21 @@ def measure_cues(
             size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         face = finder.find(rgb)
-        measured = _measure(rgb, face) if face is not None else None
-        if measured is None:
-            previous = None
-            continue
-        if previous is not None:
-            pairs.append(
-                (
-                    _motion(measured.mouth, previous.mouth),
-                    _motion(measured.eyes, previous.eyes),
-                    _motion(measured.inner, previous.inner),
-                )
-            )
-        frames.append(measured)
-        previous = measured
+        measured.append(_measure(rgb, face) if face is not None else None)
+    return measured
+
+
+def cues_of(measured: Sequence[_Frame | None]) -> FaceCuesInput | NoFace:
+    """The cues (``CUES`` order) of consecutive frames as ``measure_frames`` measured them;
+    motion is taken between adjacent frames that both show a face."""
+    frames = [m for m in measured if m is not None]
+    pairs = [  # mouth, eyes, inner motion of adjacent frames
+        (_motion(b.mouth, a.mouth), _motion(b.eyes, a.eyes), _motion(b.inner, a.inner))
+        for a, b in itertools.pairwise(measured)
+        if a is not None and b is not None
+    ]
     if len(frames) < 3:
-        return NoFace(len(run), len(frames))
+        return NoFace(len(measured), len(frames))
     marks = np.stack([f.landmarks for f in frames])
     jerk = float(np.median(np.abs(marks[2:] - 2 * marks[1:-1] + marks[:-2]).mean(axis=(1, 2))))
     speed = float(np.median(np.abs(marks[1:] - marks[:-1]).mean(axis=(1, 2))))
@@ -371,10 +386,39 @@ def measure_cues(
                 np.array([f.face_luma for f in frames]),
                 np.array([f.background_luma for f in frames]),
             ),
-            len(frames) / len(run),
+            len(frames) / len(measured),
         ]
     )
-    return FaceCuesInput(cues, len(run), len(frames))
+    return FaceCuesInput(cues, len(measured), len(frames))
+
+
+def window_starts(count: int) -> list[int]:
+    """First frames of the ``WINDOW_FRAMES``-long windows, ``WINDOW_STRIDE`` apart, over a run
+    of ``count`` frames; a last window ends with the run, so no frame is left out; a run
+    shorter than a window is one window."""
+    if count <= WINDOW_FRAMES:
+        return [0]
+    starts = list(range(0, count - WINDOW_FRAMES + 1, WINDOW_STRIDE))
+    if starts[-1] + WINDOW_FRAMES < count:
+        starts.append(count - WINDOW_FRAMES)
+    return starts
+
+
+def window_cues(
+    measured: Sequence[_Frame | None], timestamps: Sequence[float]
+) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The cues of each window with enough faces (n, len(CUES)) and the time of its centre
+    (midway between its first and last frame)."""
+    rows: list[np.ndarray] = []
+    times: list[float] = []
+    for start in window_starts(len(measured)):
+        end = min(start + WINDOW_FRAMES, len(measured))
+        found = cues_of(measured[start:end])
+        if isinstance(found, FaceCuesInput):
+            rows.append(found.cues)
+            times.append((timestamps[start] + timestamps[end - 1]) / 2)
+    cues = np.stack(rows) if rows else np.zeros((0, len(CUES)))
+    return cues, tuple(times)
 
 
 # --- the detector ------------------------------------------------------------------------------
@@ -429,12 +473,16 @@ class FaceCuesDetector(CalibratedDetector[FaceCuesConfig]):
         self._faces.load()
 
     def prepare(self, frames: SampledFrames) -> FaceCuesInput | NoFace:
-        """The cues of the run (faces found on the CPU)."""
+        """The cues of the run and of its windows (faces found once per frame, on the CPU)."""
         cfg = self.config
-        found = measure_cues(frames.run, self._faces, cfg.analysis_max_side)
-        if isinstance(found, FaceCuesInput) and found.frames_with_face < cfg.min_faces:
+        measured = measure_frames(frames.run, self._faces, cfg.analysis_max_side)
+        found = cues_of(measured)
+        if isinstance(found, NoFace):
+            return found
+        if found.frames_with_face < cfg.min_faces:
             return NoFace(found.frames_sampled, found.frames_with_face)
-        return found
+        windows, times = window_cues(measured, frames.run_timestamps)
+        return dataclasses.replace(found, window_cues=windows, window_times=times)
 
     def raw_probabilities(self, cues: np.ndarray) -> np.ndarray:
         """Uncalibrated fake probabilities of cues (n, len(CUES))."""
@@ -456,17 +504,24 @@ class FaceCuesDetector(CalibratedDetector[FaceCuesConfig]):
                 isinstance(item, FaceCuesInput)
                 and item.cues.shape == (len(CUES),)
                 and np.isfinite(item.cues).all()
+                and item.window_cues.shape == (len(item.window_times), len(CUES))
+                and np.isfinite(item.window_cues).all()
             ):
                 rows.append((i, item))
             else:
                 results[i] = DetectorError(f"{KEY}: bad prepared input {type(item).__name__}")
         if rows:
             cues = np.stack([item.cues for _, item in rows])
-            for (i, item), raw in zip(rows, self.raw_probabilities(cues), strict=True):
-                results[i] = self._verdict(item, float(raw))
+            # Every window of the batch in the same product; each clip takes back its own.
+            windows = self.raw_probabilities(np.concatenate([item.window_cues for _, item in rows]))
+            ends = np.cumsum([len(item.window_times) for _, item in rows])
+            for (i, item), raw, own in zip(
+                rows, self.raw_probabilities(cues), np.split(windows, ends[:-1]), strict=True
+            ):
+                results[i] = self._verdict(item, float(raw), own)
         return [results[i] for i in range(len(batch))]
 
-    def _verdict(self, item: FaceCuesInput, raw: float) -> DetectorResult:
+    def _verdict(self, item: FaceCuesInput, raw: float, windows: np.ndarray) -> DetectorResult:
         assert self._model is not None
         op = self._operating
         probability = op.probability(raw)
@@ -475,6 +530,10 @@ class FaceCuesDetector(CalibratedDetector[FaceCuesConfig]):
             label=op.label(probability),
             fake_probability=probability,
             threshold=op.threshold,
+            frame_scores=[
+                FrameScore(t, op.probability(float(w)))
+                for t, w in zip(item.window_times, windows, strict=True)
+            ],
             details={
                 "weights": self.weights_id,
                 "raw_probability": raw,

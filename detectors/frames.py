@@ -166,6 +166,7 @@ def _sample(
 ) -> SampledFrames:
     targets = _targets(info.duration_s, n)
     run: list[np.ndarray] = []
+    run_times: list[float] = []
     interval = 1.0 / info.fps if info.fps > 0 else info.duration_s / max(n, 1)
     frames: list[np.ndarray] = []
     timestamps: list[float] = []
@@ -193,6 +194,7 @@ def _sample(
             last, last_kept = (frame, t), False
             if len(run) < run_length:
                 run.append(to_rgb(frame, max_side))
+                run_times.append(t)
             if next_target == n:
                 # Every sample is taken; only the run still wants frames.
                 if len(run) >= run_length:
@@ -234,7 +236,7 @@ def _sample(
                 f"the video stream ends at {_time_str(last_t)} of {_time_str(info.duration_s)}; "
                 f"only {n - missing} of {n} sampled frames could be decoded"
             )
-    return SampledFrames(info, frames, timestamps, run=run)
+    return SampledFrames(info, frames, timestamps, run=run, run_timestamps=run_times)
 
 
 def _check_rest(

@@ -3,6 +3,7 @@ training run on synthetic cues."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -22,6 +23,7 @@ from detectors.face_cues import (
     NoFace,
     dummy_model,
     read_weights,
+    window_starts,
 )
 from detectors.frames import DecodeLimits
 from detectors.manifest import read_manifest
@@ -87,6 +89,68 @@ def test_no_face_abstains(tmp_path: Path) -> None:
     assert (result.label.value, result.fake_probability) == ("ABSTAIN", None)
     assert result.details["reason"] == "no_face"
     assert result.details["frames_with_face"] == 0
+
+
+def test_windows_score_the_run_without_touching_the_clip(tmp_path: Path) -> None:
+    clip = make_video(tmp_path / "long.mp4", seconds=4.0, fps=10)
+    detector = registry.build(KEY, {"run_frames": 40, "min_faces": 6})
+    detector.setup("cpu")
+    pipeline = Pipeline({KEY: detector}, LIMITS, 640)
+    item = pipeline.prepare(clip, [KEY]).inputs[KEY]
+    assert isinstance(item, FaceCuesInput)
+    [result] = detector.predict([item])
+    assert isinstance(result, DetectorResult)
+
+    # Windows of 16 frames, 8 apart, over 40 frames at 10 fps: each scored at its centre,
+    # midway between its first and last frame.
+    assert window_starts(40) == [0, 8, 16, 24]
+    times = [s.timestamp for s in result.frame_scores]
+    assert times == pytest.approx([0.75, 1.55, 2.35, 3.15])
+    assert times == sorted(times)
+    assert all(0.0 <= s.fake_probability <= 1.0 for s in result.frame_scores)
+
+    # The clip's probability is the whole run's alone: the same without any window.
+    [bare] = detector.predict(
+        [dataclasses.replace(item, window_cues=np.zeros((0, len(CUES))), window_times=())]
+    )
+    assert isinstance(bare, DetectorResult)
+    assert bare.frame_scores == []
+    assert (bare.fake_probability, bare.label, bare.details) == (
+        result.fake_probability,
+        result.label,
+        result.details,
+    )
+
+    # One batch: every clip takes back its own windows.
+    short = pipeline.prepare(make_video(tmp_path / "short.mp4", seconds=2.0, fps=10), [KEY])
+    other = short.inputs[KEY]
+    assert isinstance(other, FaceCuesInput)
+    assert len(other.window_times) == 2  # 20 frames: windows at 0 and 4
+    batched = detector.predict([other, item, other])
+    alone = [*detector.predict([other]), result, *detector.predict([other])]
+    for got, want in zip(batched, alone, strict=True):
+        assert isinstance(got, DetectorResult)
+        assert isinstance(want, DetectorResult)
+        assert got.fake_probability == pytest.approx(want.fake_probability)
+        assert [s.timestamp for s in got.frame_scores] == [s.timestamp for s in want.frame_scores]
+        assert [s.fake_probability for s in got.frame_scores] == pytest.approx(
+            [s.fake_probability for s in want.frame_scores]
+        )
+
+
+@pytest.mark.parametrize(
+    ("count", "starts"),
+    [
+        (3, [0]),
+        (16, [0]),
+        (17, [0, 1]),
+        (20, [0, 4]),
+        (48, [0, 8, 16, 24, 32]),
+        (50, [0, 8, 16, 24, 32, 34]),
+    ],
+)
+def test_window_starts_cover_the_run(count: int, starts: list[int]) -> None:
+    assert window_starts(count) == starts
 
 
 def _weights_doc(**changes: Any) -> dict[str, Any]:
