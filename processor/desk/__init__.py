@@ -57,6 +57,7 @@ def setup(app: web.Application) -> None:
         ("GET", "/jobs/{job_id}.json", views.job_json),
         ("GET", "/jobs/{job_id}", views.job_page),
         ("GET", "/jobs/{job_id}/video", views.job_video),
+        ("GET", "/jobs/{job_id}/annotated", views.job_annotated),
         ("POST", "/jobs/{job_id}/review", views.review),
         ("POST", "/jobs/{job_id}/retry", views.retry_job),
     ]

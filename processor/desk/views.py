@@ -13,7 +13,7 @@ import re
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import aiohttp_jinja2
@@ -35,7 +35,7 @@ from processor.desk import words
 from processor.desk.session import CSRF_FIELD, Sessions, Viewer, check_csrf
 from processor.verdict import weights_warning
 from processor.webhooks import review_targets
-from storage.queue import JobState, JobView
+from storage.queue import JobState, JobView, StoredResult
 from storage.reviews import REVIEW_STATES, JobFilter, Reviews
 
 PAGE_SIZE = 50
@@ -324,6 +324,22 @@ def video_file(job: JobView) -> Path | None:
     return None
 
 
+def drawable(job: JobView) -> list[StoredResult]:
+    """The results an annotated version can be drawn for: a done job's scored ones (an
+    abstention has no score to draw)."""
+    if job.state is not JobState.DONE:
+        return []
+    return [r for r in job.results if r.fake_probability is not None]
+
+
+async def annotated_versions(state: ApiState, job: JobView) -> list[tuple[str, bool]]:
+    """Each drawable detector and whether its annotated version is already rendered."""
+    return [
+        (r.detector, await io(api_native.artefact_path(state, job.id, r.detector).is_file))
+        for r in drawable(job)
+    ]
+
+
 @desk_route()
 async def job_page(request: web.Request) -> web.StreamResponse:
     """GET /desk/jobs/{job_id}: the video, the verdict in words, each detector, the review."""
@@ -344,6 +360,7 @@ async def job_page(request: web.Request) -> web.StreamResponse:
             badge=words.badge(doc),
             source=words.SOURCES.get(job.source_kind, job.source_kind),
             playable=await io(video_file, job) is not None,
+            annotated=await annotated_versions(state, job),
             cards=words.detector_cards(job, doc),
             timeline=words.timeline(doc),
             warning=weights_warning(job.results),
@@ -378,6 +395,44 @@ async def job_video(request: web.Request) -> web.StreamResponse:
         path,
         headers={
             "Content-Disposition": f"inline; filename*=UTF-8''{quoted}",
+            "Cache-Control": "private, max-age=300",
+        },
+    )
+
+
+@desk_route(page=False)
+async def job_annotated(request: web.Request) -> web.StreamResponse:
+    """GET /desk/jobs/{job_id}/annotated?detector=: the clip with the face boxes and score bar
+    of one detector's result, to play inline with range requests. The API's own rendering
+    (``GET /v1/jobs/{id}/visualization``) and its kept file: a key that may submit has it
+    rendered on first asking; a read-only key plays one already rendered."""
+    state = request.app[STATE]
+    job = await _job(request)
+    wanted = request.query.get("detector")
+    result = next((r for r in drawable(job) if wanted in (None, r.detector)), None)
+    if result is None:
+        raise ApiError(404, "result_not_found", f"job {job.id} has no scored result to draw")
+    path = api_native.artefact_path(state, job.id, result.detector)
+    if not await io(path.is_file):
+        if not request[VIEWER].may("submit"):
+            raise ApiError(
+                403,
+                "insufficient_scope",
+                "no annotated version of this clip has been rendered yet, and rendering one "
+                "needs a key that may submit",
+            )
+        source = await io(video_file, job)
+        if source is None:
+            raise ApiError(404, "video_gone", "the server no longer holds this job's video")
+        path = await api_native.render_result(
+            state, job.id, result, source, sha256=job.video_sha256
+        )
+    name = f"{PurePath(words.file_name(job)).stem}.{result.detector}.annotated.mp4"
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Type": "video/mp4",
+            "Content-Disposition": f"inline; filename*=UTF-8''{urllib.parse.quote(name)}",
             "Cache-Control": "private, max-age=300",
         },
     )

@@ -152,6 +152,23 @@ def test_a_day_at_the_desk(desk: Daemon, browser: Any, tmp_path: Path) -> None:
         arg=duration,
     )
 
+    # The annotated version (face boxes and scores drawn in) takes over where the clip was.
+    at = page.evaluate("() => document.getElementById('player').currentTime")
+    page.check("#views input[value^=annotated]")
+    page.wait_for_function(
+        "() => { const v = document.getElementById('player');"
+        " return v.currentSrc.includes('/annotated?detector=') && v.readyState >= 2"
+        " && !v.seeking; }"
+    )
+    now = page.evaluate("() => document.getElementById('player').currentTime")
+    assert now == pytest.approx(at, abs=0.5)
+    page.evaluate("() => document.getElementById('player').play()")
+    page.wait_for_function(
+        "(t) => document.getElementById('player').currentTime > t + 0.2", arg=now
+    )
+    page.evaluate("() => document.getElementById('player').pause()")
+    page.screenshot(path=str(tmp_path / "desk-annotated.png"), full_page=True)
+
     # Review it, with a note full of markup.
     page.check("input[name=decision][value=confirmed_fake]")
     page.fill("textarea[name=note]", NOTE)
@@ -229,6 +246,22 @@ def test_read_only_key_sees_but_cannot_review(desk: Daemon, browser: Any) -> Non
         headers={"Accept": "application/json"},
     )
     assert answer.status == 403
+
+    # An annotated version already drawn (the reviewer's, in test_a_day_at_the_desk) plays for
+    # this key; having one drawn is refused.
+    page.goto(f"http://127.0.0.1:{desk.port}/desk/")
+    drawn = job_id_of(page, "editor-copy.mp4")
+    video = page.request.get(
+        f"http://127.0.0.1:{desk.port}/desk/jobs/{drawn}/annotated", headers={"Range": "bytes=0-99"}
+    )
+    assert (video.status, video.headers["content-type"]) == (206, "video/mp4")
+    assert video.headers["content-disposition"].startswith("inline")
+    undrawn = job_id_of(page, "from-the-field.mp4")
+    refused = page.request.get(f"http://127.0.0.1:{desk.port}/desk/jobs/{undrawn}/annotated")
+    assert (refused.status, refused.json()["error"]["code"]) == (403, "insufficient_scope")
+    page.goto(f"http://127.0.0.1:{desk.port}/desk/jobs/{drawn}")
+    assert page.locator("#views input[value^=annotated]").is_enabled()
+    assert "cannot have one drawn" in page.locator("#views + .muted").inner_text()
 
 
 @needs

@@ -228,6 +228,59 @@
     }
   }
 
+  // --- original or annotated ---------------------------------------------------------------
+  var views = document.getElementById("views");
+  var clip = document.getElementById("player");
+  if (views && clip) {
+    var viewSaid = document.getElementById("view-said");
+    var showing = clip.getAttribute("src");
+    var choose = function (src) {
+      views.querySelectorAll("input[name=view]").forEach(function (radio) {
+        radio.checked = radio.dataset.src === src;
+      });
+    };
+    views.addEventListener("change", function (e) {
+      var src = e.target.dataset.src;
+      if (!src || src === showing) return;
+      var at = clip.currentTime;
+      var playing = !clip.paused;
+      viewSaid.textContent = "loading\u2026";
+      // One byte first: a first asking renders the version, and a refusal comes back in words,
+      // where the player would only say that it failed.
+      fetch(src, { headers: { Range: "bytes=0-0" }, credentials: "same-origin" })
+        .then(function (r) {
+          if (r.ok) return "";
+          return r.json().then(
+            function (doc) {
+              return (doc.error && doc.error.message) || "failed (" + r.status + ")";
+            },
+            function () {
+              return "failed (" + r.status + ")";
+            }
+          );
+        })
+        .then(function (problem) {
+          if (problem) {
+            viewSaid.textContent = problem;
+            choose(showing);
+            return;
+          }
+          showing = src;
+          // Both versions have the same frames at the same times: carry on where it was.
+          clip.addEventListener(
+            "loadedmetadata",
+            function () {
+              clip.currentTime = Math.min(at, clip.duration || at);
+              if (playing) clip.play();
+              viewSaid.textContent = "";
+            },
+            { once: true }
+          );
+          clip.src = src;
+        });
+    });
+  }
+
   // --- the review queue ---------------------------------------------------------------------
   var queue = document.getElementById("queue");
   if (queue) {
