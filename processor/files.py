@@ -64,7 +64,7 @@ def name_max(folder: Path) -> int:
         return 255
 
 
-def _fit(stem: str, tail: str, limit: int) -> str:
+def fit_name(stem: str, tail: str, limit: int) -> str:
     """``stem + tail``, the stem cut so the whole fits in ``limit`` bytes of the filesystem's
     encoding. A name that already fits is kept as it was."""
     encoded, room = os.fsencode(stem), max(limit - len(os.fsencode(tail)), 0)
@@ -90,7 +90,7 @@ def free_name(folder: Path, name: str, sidecar_suffix: str) -> Path:
     n = 0
     while True:
         tail = (f"-{n}" if n else "") + suffix
-        fitted = _fit(stem, tail, limit - len(sidecar_suffix))
+        fitted = fit_name(stem, tail, limit - len(sidecar_suffix))
         candidate = folder / fitted
         sidecar = folder / (fitted + sidecar_suffix)
         if not candidate.exists() and not sidecar.exists():

@@ -18,7 +18,6 @@ import datetime as dt
 import logging
 import os
 import stat
-import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +26,11 @@ from processor.config import InboxConfig, QueueConfig, WebhooksConfig
 from processor.files import (
     ERROR_SUFFIX,
     VERDICT_SUFFIX,
+    fit_name,
     free_name,
     fsync_dir,
     move_no_overwrite,
+    name_max,
     sha256_file,
     write_json_atomic,
 )
@@ -41,6 +42,9 @@ from storage.queue import JobQueue, JobState, JobView
 log = logging.getLogger(__name__)
 
 _JOB_DIR_LEN = 32  # uuid4().hex
+# How long one finalize may hold a job before another process may take it over (a crash
+# mid-move is finished by the next sweep after this).
+FINALIZE_HOLD_S = 60.0
 KEPT_UPLOADS = "kept"  # <upload_dir>/kept/: ended uploads kept for playback and retry
 # A file still being written changes between the stats around its hashing; after this many
 # tries it is queued under the last hash, and finalize judges it again if it changed since.
@@ -76,8 +80,6 @@ class Lifecycle:
         # A backlog found by the startup scan arrives all at once; hashing a few files at a
         # time keeps memory and database contention bounded.
         self._accepting = asyncio.Semaphore(4)
-        # A worker thread finishing a job and the sweep may reach the same job at once.
-        self._finalizing = threading.Lock()
 
     def prepare_folders(self) -> None:
         """Create every configured folder (the work area must exist before the first move)."""
@@ -96,15 +98,16 @@ class Lifecycle:
                 return
             job_id = uuid.uuid4().hex
             job_dir = inbox.work / job_id
-            await asyncio.to_thread(self._claim_file, path, job_dir)
-            await self._enqueue(inbox, job_dir / path.name, job_id, str(path))
+            name = await asyncio.to_thread(self._claim_file, path, job_dir)
+            await self._enqueue(inbox, job_dir / name, job_id, str(path.with_name(name)))
 
     def _refuse_oversize(self, inbox: InboxConfig, path: Path, size: int) -> None:
         """Move a file over ``limits.max_file_bytes`` to failed/ with its .error.json; no job
         is made (as an over-limit upload gets a 413), since its bytes were never read."""
         inbox.failed.mkdir(parents=True, exist_ok=True)
+        name = utf8_name(inbox.failed, path.name)
         while True:
-            dest = free_name(inbox.failed, path.name, ERROR_SUFFIX)
+            dest = free_name(inbox.failed, name, ERROR_SUFFIX)
             try:
                 move_no_overwrite(path, dest)
             except FileExistsError:
@@ -112,23 +115,26 @@ class Lifecycle:
             break
         fsync_dir(inbox.failed)
         message = f"{size} bytes is over limits.max_file_bytes ({self.max_file_bytes})"
-        doc = refusal_document(dest, str(path), "file_too_large", message)
+        doc = refusal_document(dest, str(path.with_name(name)), "file_too_large", message)
         write_json_atomic(dest.with_name(dest.name + ERROR_SUFFIX), doc)
-        log.warning("refused %s: %s; moved to %s", path, message, dest)
+        log.warning("refused %s: %s; moved to %s", dest.name, message, dest)
 
     @staticmethod
-    def _claim_file(path: Path, job_dir: Path) -> None:
+    def _claim_file(path: Path, job_dir: Path) -> str:
+        """Move ``path`` into ``job_dir``; returns the name it has there (``utf8_name``)."""
         # The watcher skips symlinks, but one could replace the file after its last check; a
         # link to /etc/passwd must never be read as a video.
         if not stat.S_ISREG(path.lstat().st_mode):
             raise ValueError(f"{path} is no longer a regular file; left in place")
+        name = utf8_name(job_dir.parent, path.name)
         job_dir.mkdir()
         try:
-            move_no_overwrite(path, job_dir / path.name)
+            move_no_overwrite(path, job_dir / name)
         except BaseException:
             job_dir.rmdir()
             raise
         fsync_dir(job_dir.parent)
+        return name
 
     async def _enqueue(self, inbox: InboxConfig, work_file: Path, job_id: str, ref: str) -> None:
         (size, mtime_ns), digest = await asyncio.to_thread(_stable_hash, work_file)
@@ -161,19 +167,52 @@ class Lifecycle:
             ]
             known = await asyncio.to_thread(self.queue.known_job_ids, [d.name for d in dirs])
             for job_dir in dirs:
-                if job_dir.name in known:
-                    continue
-                files = [f for f in job_dir.iterdir() if f.is_file()]
-                if not files:
-                    # The crash came between mkdir and the rename: the file is still in the inbox.
-                    job_dir.rmdir()
-                    continue
-                work_file = files[0]
-                log.warning("recovering %s: moved to the work area but never queued", work_file)
-                await self._enqueue(
-                    inbox, work_file, job_dir.name, str(inbox.path / work_file.name)
-                )
+                try:
+                    orphan = await asyncio.to_thread(
+                        self._recover_folder, job_dir, job_dir.name in known
+                    )
+                    if orphan is not None:
+                        await self._enqueue(
+                            inbox, orphan, job_dir.name, str(inbox.path / orphan.name)
+                        )
+                except Exception:
+                    # One folder that cannot be repaired must not keep the daemon from starting.
+                    log.exception("cannot recover %s; left as it is", job_dir)
         await self.sweep()
+
+    def _recover_folder(self, job_dir: Path, known: bool) -> Path | None:
+        """Repair one work folder; returns its file when it must be queued under the
+        folder's id (moved there, never queued)."""
+        files = [f for f in job_dir.iterdir() if f.is_file()]
+        if known:
+            if files:
+                self._resume_retry(job_dir.name)
+            return None
+        if not files:
+            # The crash came between mkdir and the rename: the file is still in the inbox.
+            job_dir.rmdir()
+            return None
+        work_file = files[0]
+        log.warning("recovering %s: moved to the work area but never queued", work_file)
+        name = utf8_name(job_dir, work_file.name)
+        if name != work_file.name:
+            os.rename(work_file, job_dir / name)
+        return job_dir / name
+
+    def _resume_retry(self, job_id: str) -> None:
+        """A retry moves a failed job's file back into its work folder, then queues the job; a
+        crash in between leaves a finalized failed job with its file here: queue it now."""
+        job = self.queue.get(job_id)
+        if (
+            job is not None
+            and job.state in (JobState.FAILED, JobState.CANCELLED)
+            and job.finalized_at is not None
+            and job.work_path is not None
+            and Path(job.work_path).is_file()
+            and self.queue.retry(job_id)
+        ):
+            log.warning("job %s: finishing a retry that a crash interrupted", job_id)
+            self.on_enqueued()
 
     async def sweep(self, finished_before: dt.datetime | None = None) -> None:
         """Finalize jobs that ended without their files being placed: at start-up all of them;
@@ -183,7 +222,7 @@ class Lifecycle:
         for job in await asyncio.to_thread(self.queue.unfinalized, finished_before):
             try:
                 await asyncio.to_thread(self.finalize, job)
-            except (OSError, StorageError):
+            except Exception:
                 log.exception("job %s: could not place its file; will try again", job.id)
 
     async def sweep_forever(self) -> None:
@@ -196,21 +235,29 @@ class Lifecycle:
                 await self.sweep(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=period))
             except StorageError as exc:
                 log.warning("finalize sweep failed, will retry: %s", exc)
+            except Exception:
+                log.exception("finalize sweep failed, will retry")
 
     def finalize(self, job: JobView) -> None:
         """Put a finished job's file where it belongs, queue its webhooks, and mark it
         finalized. Idempotent: a crash before the mark repeats it all at the next start (so a
         webhook may be sent twice; receivers dedupe)."""
-        with self._finalizing:
+        # The worker that ended the job and the ingest side's sweep (in this process or
+        # another) may reach the same job at once: only the one holding the claim moves it.
+        if not self.queue.claim_finalize(job.id, FINALIZE_HOLD_S):
+            return
+        try:
             current = self.queue.get(job.id)
-            if current is None or current.finalized_at is not None:
-                return
-            if self._rejudge_if_changed(current):
+            if current is None or self._rejudge_if_changed(current):
                 return
             self._place_file(current)
             if self.webhooks is not None:
                 enqueue_for(self.queue, self.webhooks, current)
             self.queue.mark_finalized(current.id)
+        except BaseException:
+            # Failed, not crashed: the next sweep may try again at once.
+            self.queue.release_finalize(job.id)
+            raise
 
     def _keep_upload(self, job: JobView, copy: Path) -> None:
         """Keep the API's copy of an ended upload under ``<upload_dir>/kept/`` (the desk plays
@@ -248,6 +295,10 @@ class Lifecycle:
         new_file = inbox.work / new_id / work_file.name
         self._claim_file(work_file, new_file.parent)
         (size, mtime_ns), digest = _stable_hash(new_file)
+        # The old job ends first: a crash before the new row is committed leaves a work folder
+        # with no job, which start-up queues (``recover``); the other order could leave the old
+        # job to be placed again, without its file.
+        self.queue.mark_finalized(job.id)
         self.queue.enqueue(
             job_id=new_id,
             sha256=digest,
@@ -261,7 +312,6 @@ class Lifecycle:
             max_attempts=self.queue_config.max_attempts,
             file_stat=(size, mtime_ns),
         )
-        self.queue.mark_finalized(job.id)
         with contextlib.suppress(OSError):
             os.rmdir(work_file.parent)
         log.warning(
@@ -354,3 +404,16 @@ def _prune_oldest(folder: Path, max_bytes: int) -> None:
         path.unlink(missing_ok=True)
         total -= size
         log.info("deleted kept upload %s (over api.keep_uploads_bytes)", path.name)
+
+
+def utf8_name(folder: Path, name: str) -> str:
+    """``name`` as it can be recorded: a name whose bytes are not UTF-8 (the database, the
+    sidecar's JSON and the API all need text) gets U+FFFD for each bad byte, fitted to the
+    filesystem's limit in ``folder``; any other name is kept as it is."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        fixed = os.fsencode(name).decode("utf-8", "replace")
+        stem, suffix = os.path.splitext(fixed)
+        return fit_name(stem, suffix, name_max(folder))
+    return name

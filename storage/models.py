@@ -136,6 +136,8 @@ class Job(Base):
     # The inbox file's size and mtime when its sha256 was taken (None for other sources).
     file_size: Mapped[int | None] = mapped_column(BigInteger)
     file_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    # A process placing the finished job's file holds it until then (0005).
+    finalizing_until: Mapped[dt.datetime | None]
     # The overall verdict, fused by the rule configured when the job finished, kept as it was
     # then: a later change of rule or weights does not rewrite what was already reported.
     verdict_label: Mapped[str | None] = mapped_column(String(16))

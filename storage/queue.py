@@ -546,6 +546,7 @@ class JobQueue:
                     started_at=None,
                     finished_at=None,
                     finalized_at=None,
+                    finalizing_until=None,
                     output_path=None,
                 )
             )
@@ -615,6 +616,30 @@ class JobQueue:
     def set_output_path(self, job_id: str, path: str) -> None:
         """Remember where a finished job's file is being moved (before moving it)."""
         self._execute(update(Job).where(Job.id == job_id).values(output_path=path))
+
+    def claim_finalize(self, job_id: str, hold_s: float) -> bool:
+        """Take the right to place an ended job's file for ``hold_s``: True for one caller at a
+        time, and only while the job is done, failed or cancelled and not yet finalized."""
+
+        def work(conn: Connection) -> bool:
+            now = _now()
+            taken = conn.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.state.in_([JobState.DONE, JobState.FAILED, JobState.CANCELLED]),
+                    Job.finalized_at.is_(None),
+                    or_(Job.finalizing_until.is_(None), Job.finalizing_until <= now),
+                )
+                .values(finalizing_until=now + dt.timedelta(seconds=hold_s))
+            )
+            return taken.rowcount == 1
+
+        return self._write(work)
+
+    def release_finalize(self, job_id: str) -> None:
+        """Give up the hold ``claim_finalize`` took, after a failed attempt."""
+        self._execute(update(Job).where(Job.id == job_id).values(finalizing_until=None))
 
     def mark_finalized(self, job_id: str) -> None:
         """The file is in done/ or failed/ and its sidecar is written."""

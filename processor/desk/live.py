@@ -18,7 +18,15 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from processor.api_common import STATE, io
-from processor.desk.views import PAGE_SIZE, context, desk_route, list_filter, rows_for, status_of
+from processor.desk.views import (
+    DESK,
+    PAGE_SIZE,
+    context,
+    desk_route,
+    list_filter,
+    rows_for,
+    status_of,
+)
 from storage.reviews import Reviews
 
 POLL_S = 1.0
@@ -35,6 +43,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     the list's first page that are new or changed, and ``status`` events for the strip."""
     state = request.app[STATE]
     stopping = request.app[STOPPING]
+    sessions = request.app[DESK].sessions
     env = aiohttp_jinja2.get_env(request.app)
     row_template, status_template = env.get_template("row.html"), env.get_template("status.html")
     where, _ = list_filter(request)
@@ -50,6 +59,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     last_status = last_write = 0.0
     try:
         while not stopping.is_set():
+            # The stream ends when its session expires.
+            if not state.keyring.open and sessions.viewer(request) is None:
+                break
             jobs = await io(lambda: Reviews(state.queue).jobs(where, limit=PAGE_SIZE))
             # Oldest first, so a page that inserts each new line at the top ends newest first.
             for row in reversed(await rows_for(state, request, jobs)):

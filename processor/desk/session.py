@@ -91,7 +91,7 @@ class Sessions:
             candidates = [(secret, p) for secret, p in self.keyring.named(name)]
         for key, principal in candidates:
             mac_key = self._mac_key(key)
-            if hmac.compare_digest(mac, _mac(mac_key, body)):
+            if hmac.compare_digest(_raw(mac), _raw(_mac(mac_key, body))):
                 return Viewer(name, principal, _mac(mac_key, "csrf:" + nonce))
         return None
 
@@ -111,6 +111,12 @@ def _mac(key: bytes, message: str) -> str:
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
+def _raw(text: str) -> bytes:
+    """Bytes to compare: a client may send any bytes in a cookie or header, and a str with
+    characters outside ASCII (or undecodable ones) must compare unequal, not raise."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def check_csrf(request: web.Request, viewer: Viewer, form_token: str | None = None) -> None:
     """Refuse (403) a state-changing request that does not carry the session's CSRF token (in
     the form or the ``X-CSRF-Token`` header) or that another site's page sent."""
@@ -119,7 +125,7 @@ def check_csrf(request: web.Request, viewer: Viewer, form_token: str | None = No
     if origin is not None and urlsplit(origin).netloc != request.host:
         raise ApiError(403, "cross_site_request", "the request came from another site's page")
     token = form_token if form_token is not None else request.headers.get(CSRF_HEADER, "")
-    if not hmac.compare_digest(token.encode(), viewer.csrf.encode()):
+    if not hmac.compare_digest(_raw(token), _raw(viewer.csrf)):
         raise ApiError(
             403, "csrf_token_invalid", "the form is stale or was not sent by the desk; reload"
         )

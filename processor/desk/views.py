@@ -8,8 +8,10 @@ API's own functions, so the desk can do nothing the API would refuse.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
+import stat
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -252,7 +254,8 @@ async def status_of(state: ApiState) -> dict[str, Any]:
     """The status strip."""
     counts = await io(state.queue.counts)
     workers = await io(state.queue.workers, state.config.queue.lease_s)
-    return words.status_strip(state, counts, sum(w.alive for w in workers))
+    # disk_usage is a filesystem call, and on a network share a slow one.
+    return await io(words.status_strip, state, counts, sum(w.alive for w in workers))
 
 
 @desk_route()
@@ -319,8 +322,10 @@ def video_file(job: JobView) -> Path | None:
     failed/, an upload's kept copy (``api.keep_uploads_bytes``), or the work area's copy while
     the job is open."""
     for candidate in (job.output_path, job.work_path):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
+        # lstat: a symlink put in done/ must not turn this route into a reader of any file.
+        with contextlib.suppress(OSError):
+            if candidate and stat.S_ISREG(Path(candidate).lstat().st_mode):
+                return Path(candidate)
     return None
 
 
@@ -364,7 +369,7 @@ async def job_page(request: web.Request) -> web.StreamResponse:
             cards=words.detector_cards(job, doc),
             timeline=words.timeline(doc),
             warning=weights_warning(job.results),
-            error=words.error_words(job),
+            error=words.error_words(job, doc),
             retryable=words.retryable(job),
             review=history[0] if history else None,
             history=history,
@@ -382,6 +387,10 @@ async def job_json(request: web.Request) -> web.StreamResponse:
     return web.json_response(job_document(job, paths=may(request, "admin")))
 
 
+# The only types the video route sends; the player sniffs the container itself.
+_VIDEO_TYPES = {".webm": "video/webm", ".mkv": "video/x-matroska", ".mov": "video/quicktime"}
+
+
 @desk_route(page=False)
 async def job_video(request: web.Request) -> web.StreamResponse:
     """GET /desk/jobs/{job_id}/video: the clip itself, to play inline; range requests let
@@ -396,6 +405,11 @@ async def job_video(request: web.Request) -> web.StreamResponse:
         headers={
             "Content-Disposition": f"inline; filename*=UTF-8''{quoted}",
             "Cache-Control": "private, max-age=300",
+            # Whatever was dropped in the inbox is served as a video, never as a page or a
+            # script the browser would run on the desk's origin.
+            "Content-Type": _VIDEO_TYPES.get(path.suffix.lower(), "video/mp4"),
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox; default-src 'none'",
         },
     )
 

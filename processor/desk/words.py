@@ -52,13 +52,15 @@ def badge(doc: dict[str, Any]) -> str:
     return str(doc["state"]).upper() if doc["state"] == "failed" else str(doc["state"])
 
 
-def error_words(job: JobView) -> str | None:
-    """What went wrong, in words, with the recorded message after it."""
+def error_words(job: JobView, doc: dict[str, Any]) -> str | None:
+    """What went wrong, in words, with the recorded message after it as ``doc`` (the job's
+    document for this viewer, server paths cut for all but admin keys) gives it."""
     if job.state not in (JobState.FAILED, JobState.CANCELLED):
         return None
     code = job.error_code or job.state.value
     head = ERRORS.get(code, f"It failed ({code}).")
-    return f"{head} {job.error_message}" if job.error_message else head
+    message = doc["error"]["message"] if doc["error"] else None
+    return f"{head} {message}" if message else head
 
 
 def retryable(job: JobView) -> bool:

@@ -423,3 +423,74 @@ async def test_ended_uploads_are_deleted_when_keeping_is_off(
     assert view is not None
     lifecycle.finalize(view)
     assert list(uploads.iterdir()) == []
+
+
+async def test_a_name_that_is_not_utf8_is_queued_under_a_readable_name(
+    lifecycle: Lifecycle, queue: JobQueue, inbox: InboxConfig
+) -> None:
+    raw = os.fsencode(inbox.path) + b"/bad\xff\xfename.mp4"
+    with open(raw, "wb") as f:  # noqa: ASYNC230
+        f.write(b"abc")
+    await lifecycle.accept(inbox, Path(os.fsdecode(raw)))
+    [job] = queue.list()
+    assert job.source_ref == str(inbox.path / "bad\ufffd\ufffdname.mp4")
+    _finish(queue, job.id, True)
+    view = queue.get(job.id)
+    assert view is not None
+    lifecycle.finalize(view)
+    assert (inbox.done / "bad\ufffd\ufffdname.mp4").read_bytes() == b"abc"
+    assert (inbox.done / "bad\ufffd\ufffdname.mp4.verdict.json").is_file()
+
+
+async def test_start_up_repairs_a_stranded_file_with_a_name_that_is_not_utf8(
+    lifecycle: Lifecycle, queue: JobQueue, inbox: InboxConfig
+) -> None:
+    job_id = uuid.uuid4().hex
+    (inbox.work / job_id).mkdir()
+    with open(os.fsencode(inbox.work / job_id) + b"/x\xff.mp4", "wb") as f:  # noqa: ASYNC230
+        f.write(b"abc")
+    await lifecycle.recover()
+    [job] = queue.list()
+    assert job.id == job_id
+    assert job.work_path == str(inbox.work / job_id / "x\ufffd.mp4")
+
+
+async def test_only_one_process_places_a_file(
+    lifecycle: Lifecycle, queue: JobQueue, inbox: InboxConfig
+) -> None:
+    (inbox.path / "clip.mp4").write_bytes(b"abc")
+    await lifecycle.accept(inbox, inbox.path / "clip.mp4")
+    [job] = queue.list()
+    assert not queue.claim_finalize(job.id, 60)  # still queued: nothing to place
+    _finish(queue, job.id, True)
+    assert queue.claim_finalize(job.id, 0.5)  # another process is placing it
+    view = queue.get(job.id)
+    assert view is not None
+    lifecycle.finalize(view)  # so this one leaves it alone
+    assert list(inbox.done.iterdir()) == []
+    await asyncio.sleep(0.6)  # the other one died: its hold runs out
+    view = queue.get(job.id)
+    assert view is not None
+    lifecycle.finalize(view)
+    assert (inbox.done / "clip.mp4.verdict.json").is_file()
+    assert not queue.claim_finalize(job.id, 0)  # finalized: never again
+
+
+async def test_start_up_finishes_a_retry_a_crash_interrupted(
+    lifecycle: Lifecycle, queue: JobQueue, inbox: InboxConfig
+) -> None:
+    (inbox.path / "clip.mp4").write_bytes(b"abc")
+    await lifecycle.accept(inbox, inbox.path / "clip.mp4")
+    [job] = queue.list()
+    _finish(queue, job.id, False)
+    view = queue.get(job.id)
+    assert view is not None
+    lifecycle.finalize(view)
+    assert job.work_path is not None
+    # The retry moved the file back, then the process died before queueing the job.
+    Path(job.work_path).parent.mkdir()
+    os.rename(inbox.failed / "clip.mp4", job.work_path)
+    await lifecycle.recover()
+    again = queue.get(job.id)
+    assert again is not None
+    assert (again.state, again.attempts) == (JobState.QUEUED, 0)

@@ -9,6 +9,8 @@ unknown; the job runs alone next time and only then do crashes count against its
 ``file_size``/``file_mtime_ns``: the inbox file's stat when its sha256 was taken, so a file that
 changed afterwards (a writer that paused, then went on) is judged again, not recorded under the
 hash of bytes that are no longer there.
+``finalizing_until``: a process placing a finished job's file holds it until then, so the
+worker that ended the job and another process's finalize sweep never move one file twice.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def upgrade() -> None:
     )
     op.add_column("jobs", sa.Column("file_size", sa.BigInteger(), nullable=True))
     op.add_column("jobs", sa.Column("file_mtime_ns", sa.BigInteger(), nullable=True))
+    op.add_column("jobs", sa.Column("finalizing_until", sa.DateTime(timezone=True), nullable=True))
     # Finished jobs whose files are not yet in done/ or failed/: swept every few seconds, so
     # the index holds only the few open ones, not the whole history.
     op.create_index(
@@ -44,6 +47,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_jobs_unfinalized", table_name="jobs")
+    op.drop_column("jobs", "finalizing_until")
     op.drop_column("jobs", "file_mtime_ns")
     op.drop_column("jobs", "file_size")
     op.drop_column("jobs", "solo")
