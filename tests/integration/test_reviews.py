@@ -3,6 +3,7 @@ announced to webhook receivers, exported as CSV for retraining."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import datetime as dt
 import io
@@ -188,3 +189,44 @@ async def test_reviews_over_http_with_webhook_and_csv(api: tuple[str, JobQueue])
     # Cells a spreadsheet would run as formulas are kept as text.
     assert row["file"].startswith("'=")
     assert row["note"] == "'" + review["note"]
+
+
+async def test_a_forged_desk_cookie_is_refused_not_a_server_error(
+    api: tuple[str, JobQueue],
+) -> None:
+    base, _ = api
+    body = base64.urlsafe_b64encode(b'{"k": "desk-anna", "x": 9e18, "n": "n"}').decode()
+    for mac in ("\u00e9", "\udcff", "0" * 64):
+        # Cookie bytes as a client may send them, whatever their encoding.
+        raw = f"drishtiksha_desk={body}.{mac}".encode("utf-8", "surrogateescape")
+        headers = {"Cookie": raw.decode("latin-1")}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{base}/desk/", headers=headers, allow_redirects=False) as r,
+        ):
+            assert r.status in (302, 303, 401), await r.text()
+
+
+async def test_the_desk_serves_a_dropped_file_only_as_a_video(
+    api: tuple[str, JobQueue], tmp_path: Path
+) -> None:
+    base, queue = api
+    page = tmp_path / "page.html"
+    page.write_text("<script>alert(1)</script>")
+    finish(queue, "f" * 32, "page.html", 0.9)
+    queue.set_output_path("f" * 32, str(page))
+    # unsafe: keep cookies from an IP address host (127.0.0.1)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        form = {"key": READER}
+        async with session.post(f"{base}/desk/signin", data=form, allow_redirects=False) as r:
+            assert r.status == 303
+        async with session.get(f"{base}/desk/jobs/{'f' * 32}/video") as r:
+            assert r.status == 200
+            assert r.content_type.startswith("video/")
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
+            assert "sandbox" in r.headers["Content-Security-Policy"]
+        # A symlink in its place is never followed.
+        page.unlink()
+        page.symlink_to("/etc/hostname")
+        async with session.get(f"{base}/desk/jobs/{'f' * 32}/video") as r:
+            assert r.status == 404
