@@ -559,9 +559,9 @@ async def _readiness(state: ApiState) -> tuple[bool, dict[str, Any]]:
     else:
         body["worker"] = None
     if "jobs" in body:
-        # Every worker sharing the database, so one host's /health shows the whole fleet.
+        # Every worker sharing the database, so one host's status shows the whole fleet.
         body["workers"] = [
-            {"id": w.id, "alive": w.alive, "held_jobs": w.held_jobs}
+            {"id": w.id, "alive": w.alive, "held_jobs": len(w.held_jobs)}
             for w in await io(state.queue.workers, state.config.queue.lease_s)
         ]
     report = {row["key"]: row for row in detector_report(state) if row["configured"]}

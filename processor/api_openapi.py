@@ -108,9 +108,9 @@ _VIDEO_BODY = {
                 "type": "object",
                 "properties": {"video": {"type": "string", "format": "binary"}},
                 "required": ["video"],
-                # Other fields are read past, within api.max_form_parts and
-                # api.max_form_field_bytes, but none is part of the interface.
-                "additionalProperties": False,
+                # Other fields are accepted and read past (within api.max_form_parts and
+                # api.max_form_field_bytes), as the older service's clients may send them.
+                "additionalProperties": True,
             },
             "encoding": {"video": {"contentType": "video/*, application/octet-stream"}},
         },
