@@ -39,7 +39,7 @@ from processor.api_uploads import (
     upload_slot,
 )
 from processor.files import sha256_file
-from processor.verdict import overall_verdict, result_document, video_document
+from processor.verdict import explained, overall_verdict, result_document, video_document
 from processor.visualize import render_video, shared_face_finder
 from storage.db import ping
 from storage.errors import StorageError
@@ -146,7 +146,7 @@ async def submit_job(request: web.Request) -> web.Response:
                 "cached": True,
                 "sha256": upload.sha256,
                 "detectors": detectors,
-                "verdict": overall_verdict(hits, state.config.fusion),
+                "verdict": explained(overall_verdict(hits, state.config.fusion), hits),
                 "results": [
                     result_document(h) | {"cached_from_job": h.cached_from_job or h.job_id}
                     for h in hits

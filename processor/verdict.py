@@ -149,7 +149,12 @@ def job_verdict(job: JobView) -> dict[str, Any] | None:
     if job.state is not JobState.DONE:
         return None
     verdict = job.verdict if job.verdict is not None else overall_verdict(job.results)
-    return {**verdict, "explanation": explanation(verdict, job.results)}
+    return explained(verdict, job.results)
+
+
+def explained(verdict: dict[str, Any], results: Sequence[StoredResult]) -> dict[str, Any]:
+    """``verdict`` with its plain-words ``explanation``, as every document gives it."""
+    return {**verdict, "explanation": explanation(verdict, results)}
 
 
 _HEADLINES = {

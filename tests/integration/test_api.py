@@ -216,7 +216,7 @@ async def test_upload_is_processed_by_the_worker(start_api: Start, clip: Path) -
     assert done["verdict"]["label"] == result["label"]
     # The server's copy of the upload goes once the job is over; the client's name never
     # became a path.
-    assert live.leftovers() == []
+    await until(lambda: live.leftovers() == [], "the upload's copy to go")
     assert not (live.upload_dir / "a").exists()
 
     status, frames, _ = await live.call("GET", f"/v1/jobs/{job['id']}/frames", key=READ_KEY)
@@ -301,7 +301,7 @@ async def test_same_bytes_are_answered_from_stored_results(start_api: Start, cli
     assert r["fake_probability"] == first["results"][0]["fake_probability"]
     _, page, _ = await live.call("GET", "/v1/jobs")
     assert [j["id"] for j in page["jobs"]] == [first["id"]], "no second job"
-    assert live.leftovers() == []
+    await until(lambda: live.leftovers() == [], "the upload's copy to go")
 
     # Other bytes are a new job.
     other = make_video(live.upload_dir.parent / "other.mp4", seconds=1.0, fps=12)
@@ -317,7 +317,9 @@ async def test_cancel(start_api: Start, clip: Path) -> None:
     status, cancelled, _ = await live.call("DELETE", f"/v1/jobs/{job['id']}")
     assert status == 200
     assert cancelled["state"] == "cancelled"
-    assert live.leftovers() == [], "the upload's copy goes with the job"
+    # The copy moves to the kept uploads, where a retry takes it back from.
+    assert live.leftovers() == ["kept"]
+    assert (live.upload_dir / "kept" / f"{job['id']}.video").is_file()
     status, body, _ = await live.call("DELETE", f"/v1/jobs/{job['id']}")
     assert status == 409
     assert body["error"]["code"] == "not_queued"
@@ -403,14 +405,14 @@ async def test_upload_over_the_cap_is_refused_and_removed(start_api: Start) -> N
     assert err["error"]["code"] == "upload_too_large"
     assert seen_partial
     assert seen_partial[0].endswith(".part")
-    assert live.leftovers() == []
+    await until(lambda: live.leftovers() == [], "the upload's copy to go")
     # Declared too long: refused before reading.
     status, err, _ = await live.upload("/v1/jobs", b"\0" * (cap + 100_000))
     assert status == 413
     status, err, _ = await live.upload("/analyze", b"\0" * (cap + 100_000))
     assert status == 413
     assert err["error"] == "Request Entity Too Large"
-    assert live.leftovers() == []
+    await until(lambda: live.leftovers() == [], "the upload's copy to go")
 
 
 async def test_bad_uploads(start_api: Start, tmp_path: Path) -> None:
@@ -440,7 +442,7 @@ async def test_bad_uploads(start_api: Start, tmp_path: Path) -> None:
     for query in ("detectors=nope", "detectors=", "priority=high", "priority=10000000", "wait=-1"):
         status, err, _ = await live.upload(f"/v1/jobs?{query}", video.read_bytes())
         assert status == 400, (query, err)
-    assert live.leftovers() == []
+    await until(lambda: live.leftovers() == [], "the upload's copy to go")
     status, err, _ = await live.call("GET", "/v1/videos/xyz")
     assert status == 400
     assert err["error"]["code"] == "bad_sha256"
@@ -486,7 +488,7 @@ async def test_concurrent_upload_limit_and_idle_timeout(start_api: Start, clip: 
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"upload_timeout" in answer
     writer.close()
-    assert live.leftovers() == []
+    await until(lambda: live.leftovers() == [], "the upload's copy to go")
     status, _, _ = await live.upload("/v1/jobs", clip.read_bytes())
     assert status == 201, "the slot is free again"
 
