@@ -458,7 +458,7 @@ def _job_id(queue: Any, given: str) -> str:
     prefix = given.strip().lower()
     if not _ID_PREFIX.match(prefix):
         _fail(f"{given!r} is not a job id: give {MIN_PREFIX} to 32 of its hex characters")
-    matches = queue.ids_starting_with(prefix, limit=2)
+    matches = queue.job_ids_starting(prefix, 2)
     if not matches:
         _fail(f"no job {prefix}" if len(prefix) == 32 else f"no job id starts with {prefix}", 1)
     if len(matches) > 1:
@@ -520,7 +520,7 @@ def _shown_id(queue: Any, job_id: str) -> str:
     """The first 12 characters of the id, or more where another job's id starts the same way:
     what is shown always names one job when pasted back."""
     shown = SHOWN_ID
-    while shown < len(job_id) and len(queue.ids_starting_with(job_id[:shown])) > 1:
+    while shown < len(job_id) and len(queue.job_ids_starting(job_id[:shown], 2)) > 1:
         shown += 4
     return job_id[:shown]
 

@@ -661,19 +661,6 @@ class JobQueue:
         jobs = self._jobs(select(Job).where(Job.id == job_id))
         return jobs[0] if jobs else None
 
-    def ids_starting_with(self, prefix: str, limit: int = 2) -> list[str]:
-        """Up to ``limit`` job ids that start with ``prefix``, in id order: one means the prefix
-        names a job, two that it is ambiguous."""
-        with self._read() as session:
-            return list(
-                session.scalars(
-                    select(Job.id)
-                    .where(Job.id.startswith(prefix, autoescape=True))
-                    .order_by(Job.id)
-                    .limit(limit)
-                )
-            )
-
     def get_video(self, sha256: str) -> VideoView | None:
         """One video by content hash."""
         with self._read() as session:
