@@ -137,24 +137,32 @@ class Lifecycle:
         return name
 
     async def _enqueue(self, inbox: InboxConfig, work_file: Path, job_id: str, ref: str) -> None:
-        (size, mtime_ns), digest = await asyncio.to_thread(_stable_hash, work_file)
-        created = await asyncio.to_thread(
-            self.queue.enqueue,
+        created, size, digest = await asyncio.to_thread(
+            self._queue_file, inbox, work_file, job_id, ref, list(inbox.detectors)
+        )
+        if created:
+            log.info("job %s queued: %s (%d bytes, sha256 %s)", job_id, ref, size, digest[:12])
+            self.on_enqueued()
+
+    def _queue_file(
+        self, inbox: InboxConfig, work_file: Path, job_id: str, ref: str, detectors: list[str]
+    ) -> tuple[bool, int, str]:
+        """Hash a file in the work area and commit its job; (created, size, sha256)."""
+        (size, mtime_ns), digest = _stable_hash(work_file)
+        created = self.queue.enqueue(
             job_id=job_id,
             sha256=digest,
             size_bytes=size,
             source_kind="folder",
             source_ref=ref,
-            detectors=list(inbox.detectors),
+            detectors=detectors,
             inbox=inbox.name,
             work_path=str(work_file),
             priority=inbox.priority,
             max_attempts=self.queue_config.max_attempts,
             file_stat=(size, mtime_ns),
         )
-        if created:
-            log.info("job %s queued: %s (%d bytes, sha256 %s)", job_id, ref, size, digest[:12])
-            self.on_enqueued()
+        return created, size, digest
 
     async def recover(self) -> None:
         """Repair what a crash left half done: work folders without a job, and finished jobs
@@ -294,23 +302,12 @@ class Lifecycle:
         new_id = uuid.uuid4().hex
         new_file = inbox.work / new_id / work_file.name
         self._claim_file(work_file, new_file.parent)
-        (size, mtime_ns), digest = _stable_hash(new_file)
         # The old job ends first: a crash before the new row is committed leaves a work folder
         # with no job, which start-up queues (``recover``); the other order could leave the old
         # job to be placed again, without its file.
         self.queue.mark_finalized(job.id)
-        self.queue.enqueue(
-            job_id=new_id,
-            sha256=digest,
-            size_bytes=size,
-            source_kind="folder",
-            source_ref=job.source_ref,
-            detectors=list(job.detectors),
-            inbox=inbox.name,
-            work_path=str(new_file),
-            priority=inbox.priority,
-            max_attempts=self.queue_config.max_attempts,
-            file_stat=(size, mtime_ns),
+        _, size, digest = self._queue_file(
+            inbox, new_file, new_id, job.source_ref, list(job.detectors)
         )
         with contextlib.suppress(OSError):
             os.rmdir(work_file.parent)
