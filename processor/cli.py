@@ -909,6 +909,31 @@ def bench_decode_cmd(
     )
 
 
+@bench_app.command("desk")
+def bench_desk_cmd(
+    jobs: Annotated[int, typer.Option(help="Jobs to fill the scratch database with.")] = 100_000,
+    repeats: Annotated[int, typer.Option(help="Timed requests per page.")] = 10,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="A Postgres server (postgresql://...): a database is created on it for the run "
+            "and dropped after. Default: a SQLite file in a temporary folder."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """The desk at scale: bulk-fill a scratch database, serve the application on a loopback
+    port and time the desk's pages (and the API's list) over HTTP, p50/p95 in ms."""
+    from processor.bench import machine
+    from processor.bench_desk import bench_desk, print_report
+
+    report = {"machine": machine(), **asyncio.run(bench_desk(database_url, jobs, repeats))}
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        print_report(out, report)
+
+
 @app.command()
 def train(
     data: Annotated[

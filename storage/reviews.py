@@ -18,7 +18,6 @@ from sqlalchemy import (
     Connection,
     Select,
     and_,
-    case,
     exists,
     func,
     insert,
@@ -160,17 +159,19 @@ class Reviews:
     def review_queue(self, limit: int) -> list[JobView]:
         """What a person should judge next: unreviewed FAKE verdicts, then unreviewed
         UNCERTAIN ones (newest first in each), then jobs someone asked a second look for."""
-        suspect = (
-            select(Job)
-            .where(Job.state == JobState.DONE, Job.verdict_label.in_(_SUSPECT), _unreviewed())
-            .order_by(
-                case((Job.verdict_label == "FAKE", 0), else_=1),
-                Job.created_at.desc(),
-                Job.id.desc(),
+        first: list[JobView] = []
+        # One query per label rather than one ordered by label: each walks the
+        # (verdict_label, created_at, id) index newest first and stops at the limit, where a
+        # single query sorted every suspect job (0.4 s at 100k jobs on SQLite).
+        for label in _SUSPECT:
+            if len(first) >= limit:
+                return first
+            first += self.queue._jobs(
+                select(Job)
+                .where(Job.state == JobState.DONE, Job.verdict_label == label, _unreviewed())
+                .order_by(Job.created_at.desc(), Job.id.desc())
+                .limit(limit - len(first))
             )
-            .limit(limit)
-        )
-        first = self.queue._jobs(suspect)
         if len(first) >= limit:
             return first
         again = self._narrow(
