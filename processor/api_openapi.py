@@ -108,9 +108,12 @@ _VIDEO_BODY = {
                 "type": "object",
                 "properties": {"video": {"type": "string", "format": "binary"}},
                 "required": ["video"],
-                # Other fields are accepted and read past (within api.max_form_parts and
-                # api.max_form_field_bytes), as the older service's clients may send them.
-                "additionalProperties": True,
+                # Other fields are accepted and read past, as the older service's clients may
+                # send them: with plain names, at most api.max_form_parts (8 by default) of
+                # them beside the video, each within api.max_form_field_bytes.
+                "additionalProperties": {"type": "string", "maxLength": 65536},
+                "propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+                "maxProperties": 9,
             },
             "encoding": {"video": {"contentType": "video/*, application/octet-stream"}},
         },
