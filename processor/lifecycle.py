@@ -145,10 +145,17 @@ class Lifecycle:
             self.on_enqueued()
 
     def _queue_file(
-        self, inbox: InboxConfig, work_file: Path, job_id: str, ref: str, detectors: list[str]
+        self,
+        inbox: InboxConfig,
+        work_file: Path,
+        job_id: str,
+        ref: str,
+        detectors: list[str],
+        hashed: tuple[tuple[int, int], str] | None = None,
     ) -> tuple[bool, int, str]:
-        """Hash a file in the work area and commit its job; (created, size, sha256)."""
-        (size, mtime_ns), digest = _stable_hash(work_file)
+        """Commit the job of a file in the work area, hashing it unless ``hashed`` (its
+        ``_stable_hash``, taken already) is given; (created, size, sha256)."""
+        (size, mtime_ns), digest = hashed or _stable_hash(work_file)
         created = self.queue.enqueue(
             job_id=job_id,
             sha256=digest,
@@ -296,8 +303,8 @@ class Lifecycle:
             return False
         if inbox is None or now == job.file_stat:
             return False
-        digest = sha256_file(work_file)
-        if digest == job.video_sha256:
+        hashed = _stable_hash(work_file)
+        if hashed[1] == job.video_sha256:
             return False  # touched, not changed
         new_id = uuid.uuid4().hex
         new_file = inbox.work / new_id / work_file.name
@@ -306,8 +313,9 @@ class Lifecycle:
         # with no job, which start-up queues (``recover``); the other order could leave the old
         # job to be placed again, without its file.
         self.queue.mark_finalized(job.id)
+        # A rename keeps the size and mtime, so the hash taken above still belongs to the file.
         _, size, digest = self._queue_file(
-            inbox, new_file, new_id, job.source_ref, list(job.detectors)
+            inbox, new_file, new_id, job.source_ref, list(job.detectors), hashed
         )
         with contextlib.suppress(OSError):
             os.rmdir(work_file.parent)
