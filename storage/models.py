@@ -142,6 +142,12 @@ class Job(Base):
     # then: a later change of rule or weights does not rewrite what was already reported.
     verdict_label: Mapped[str | None] = mapped_column(String(16))
     verdict: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Where any host can fetch the bytes: an object URL (s3://bucket/key), read with
+    # If-Match: blob_etag when set, so a replaced object is never judged under the old hash (0007).
+    blob_url: Mapped[str | None]
+    blob_etag: Mapped[str | None] = mapped_column(String(255))
+    # ``detectors`` sorted and comma-joined: a worker claims only jobs it can run (0007).
+    detector_set: Mapped[str] = mapped_column(default="", server_default="")
     created_at: Mapped[dt.datetime]
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
@@ -184,6 +190,10 @@ class WorkerRow(Base):
     started_at: Mapped[dt.datetime]
     heartbeat_at: Mapped[dt.datetime]
     stopped_at: Mapped[dt.datetime | None]
+    # What it has loaded: {"detectors": {key: {"version", "weights_id"}}, "device", "version"}.
+    capabilities: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Silent this long after its last heartbeat, any process may declare it dead (0007).
+    dead_after_s: Mapped[float | None]
 
 
 class WebhookDelivery(Base):
@@ -204,6 +214,22 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None]
     created_at: Mapped[dt.datetime]
     delivered_at: Mapped[dt.datetime | None]
+    # Failed for the whole retry period: parked, listed and re-sent by hand (0007).
+    dead_at: Mapped[dt.datetime | None]
+
+
+class WebhookAttempt(Base):
+    """One try at sending a delivery: what the receiver answered, or why nothing came back."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_deliveries.id"))
+    attempted_at: Mapped[dt.datetime]
+    status: Mapped[int | None]
+    error: Mapped[str | None]
+    elapsed_s: Mapped[float]
 
 
 REVIEW_DECISIONS = ("confirmed_fake", "confirmed_real", "second_look")

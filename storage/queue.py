@@ -228,10 +228,13 @@ class JobQueue:
         priority: int = 0,
         max_attempts: int = 3,
         file_stat: tuple[int, int] | None = None,
+        blob_url: str | None = None,
+        blob_etag: str | None = None,
     ) -> bool:
         """Insert the video row (if new) and the job row in one transaction. Idempotent on
         ``job_id``: returns False (and changes nothing) when the job already exists.
-        ``file_stat`` is the (size, mtime_ns) of ``work_path`` when ``sha256`` was taken."""
+        ``file_stat`` is the (size, mtime_ns) of ``work_path`` when ``sha256`` was taken;
+        ``blob_url`` (and ``blob_etag``) name the object any host can fetch the bytes from."""
 
         def work(conn: Connection) -> None:
             now = _now()
@@ -245,6 +248,9 @@ class JobQueue:
                 "inbox": inbox,
                 "work_path": work_path,
                 "detectors": list(detectors),
+                "detector_set": detector_set(detectors),
+                "blob_url": blob_url,
+                "blob_etag": blob_etag,
                 "state": JobState.QUEUED,
                 "priority": priority,
                 "attempts": 0,
@@ -982,6 +988,11 @@ class JobQueue:
             return cast(Job.detectors, postgresql.JSONB).contains([detector])
         keys = func.json_each(Job.detectors).table_valued("value")
         return exists(select(keys.c.value).where(keys.c.value == detector))
+
+
+def detector_set(detectors: Collection[str]) -> str:
+    """The canonical form of a set of detector keys, as stored in ``jobs.detector_set``."""
+    return ",".join(sorted(set(detectors)))
 
 
 class _JobExists(Exception):
