@@ -73,6 +73,35 @@ def fit_logistic(cues: np.ndarray, labels: np.ndarray, params: FitParams) -> Cue
     return CueModel(mean, scale, coef, intercept)
 
 
+def out_of_fold(
+    clips: Sequence[Clip], features: Mapping[str, Features], params: FitParams
+) -> list[tuple[str, float | None]]:
+    """Leave one group out: each clip's (label, fake probability) from a regression fitted on
+    every other group, so no clip is judged by a model that saw its person or source. The
+    decision is the regression's own (FAKE at probability 0.5; no UNCERTAIN band); a clip
+    without usable cues (no face) is ("ABSTAIN", None)."""
+    rows = [
+        (i, prepared.cues)
+        for i, c in enumerate(clips)
+        if isinstance(prepared := features[c.sha256].prepared, FaceCuesInput)
+    ]
+    if not rows:
+        raise DatasetError("no clip has usable cues")
+    usable = [i for i, _ in rows]
+    cues = np.stack([x for _, x in rows])
+    labels = np.array([clips[i].label for i in usable], dtype=np.float64)
+    groups = np.array([clips[i].group for i in usable])
+    scores = np.zeros(len(usable))
+    for group in np.unique(groups):
+        held = groups == group
+        model = fit_logistic(cues[~held], labels[~held], params)
+        scores[held] = model.logits(cues[held])
+    result: list[tuple[str, float | None]] = [("ABSTAIN", None)] * len(clips)
+    for i, score in zip(usable, scores, strict=True):
+        result[i] = ("FAKE" if score >= 0 else "REAL", float(1.0 / (1.0 + np.exp(-score))))
+    return result
+
+
 def cross_validate(
     clips: Sequence[Clip],
     features: Mapping[str, Features],
@@ -80,36 +109,24 @@ def cross_validate(
     resamples: int,
     seed: int,
 ) -> dict[str, Any]:
-    """Leave one group out: every group's clips are scored by a regression fitted on all the
-    other groups, so each clip is judged by a model that never saw its person or source. The
-    pooled ROC AUC, with a bootstrap interval over groups, uses every usable clip once: a
-    steadier estimate than one small test split. (Raw scores from different fits are pooled
+    """``out_of_fold``'s predictions of the usable clips pooled into one report: the pooled ROC
+    AUC, with a bootstrap interval over groups, uses every usable clip once, a steadier
+    estimate than one small test split. (Raw scores from different fits are pooled
     uncalibrated, so the pooled AUC is if anything pessimistic.)"""
-    rows = [
-        (c, prepared.cues)
-        for c in clips
-        if isinstance(prepared := features[c.sha256].prepared, FaceCuesInput)
-    ]
-    if not rows:
-        raise DatasetError("no clip has usable cues")
-    usable = [c for c, _ in rows]
-    cues = np.stack([x for _, x in rows])
-    labels = np.array([c.label for c in usable], dtype=np.float64)
-    groups = np.array([c.group for c in usable])
-    scores = np.zeros(len(usable))
-    for group in np.unique(groups):
-        held = groups == group
-        model = fit_logistic(cues[~held], labels[~held], params)
-        scores[held] = model.logits(cues[held])
+    predictions = out_of_fold(clips, features, params)
+    kept = [(c, p) for c, p in zip(clips, predictions, strict=True) if p[1] is not None]
     report = binary_report(
-        [int(v) for v in labels],
-        [float(1.0 / (1.0 + np.exp(-s))) for s in scores],
-        ["FAKE" if s >= 0 else "REAL" for s in scores],
-        groups=list(groups),
+        [c.label for c, _ in kept],
+        [p for _, (_, p) in kept],
+        [label for _, (label, _) in kept],
+        groups=[c.group for c, _ in kept],
         resamples=resamples,
         seed=seed,
     )
-    return report | {"groups": len(np.unique(groups)), "unusable": len(clips) - len(usable)}
+    return report | {
+        "groups": len({c.group for c, _ in kept}),
+        "unusable": len(clips) - len(kept),
+    }
 
 
 def train_and_ship(

@@ -1,7 +1,8 @@
 """Metrics for binary detectors (FAKE = 1): ROC, AUC, EER, calibration, operating points, and
 bootstrap confidence intervals that resample whole groups (people, sources), not clips.
 
-Pure numpy, no I/O. Scores are fake probabilities; a clip is called FAKE at ``score >= t``.
+ROC and AUC are scikit-learn's; the rest is numpy. No I/O. Scores are fake probabilities; a
+clip is called FAKE at ``score >= t``.
 """
 
 from __future__ import annotations
@@ -48,26 +49,26 @@ def both_classes(labels: Sequence[int] | np.ndarray) -> bool:
 
 def roc_curve(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> Roc:
     """The ROC curve with one point per distinct score (tied scores move together)."""
+    # Imported here: scikit-learn takes seconds to import, and only evaluation needs it.
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
     y, s = _arrays(labels, scores)
     if not both_classes(y):
         raise ValueError("ROC needs both labels")
-    order = np.argsort(-s, kind="stable")
-    y, s = y[order], s[order]
-    # Last index of each run of equal scores: the counts there include every tied clip.
-    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]
-    tp = np.cumsum(y)[last]
-    fp = np.cumsum(1 - y)[last]
-    return Roc(
-        fpr=np.r_[0.0, fp / fp[-1]],
-        tpr=np.r_[0.0, tp / tp[-1]],
-        thresholds=np.r_[np.inf, s[last]],
-    )
+    # Every distinct score kept (no dropped collinear points), so thresholds can be chosen
+    # between any two of them.
+    fpr, tpr, thresholds = sk_roc_curve(y, s, drop_intermediate=False)
+    return Roc(fpr=fpr, tpr=tpr, thresholds=thresholds)
 
 
 def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
     """Area under the ROC curve: P(a random FAKE scores above a random REAL), ties count 1/2."""
-    roc = roc_curve(labels, scores)
-    return float(np.trapezoid(roc.tpr, roc.fpr))
+    from sklearn.metrics import roc_auc_score
+
+    y, s = _arrays(labels, scores)
+    if not both_classes(y):
+        raise ValueError("ROC needs both labels")
+    return float(roc_auc_score(y, s))
 
 
 def equal_error_rate(
@@ -256,8 +257,9 @@ def binary_report(
 
     ``probs`` may hold None (the scorer abstained); ``decisions`` are the scorer's labels
     (REAL, FAKE, UNCERTAIN, ABSTAIN). Ranking metrics (AUC, EER, ECE) use the clips with a
-    probability; accuracy, precision and recall use the decided clips (REAL or FAKE); the
-    abstention rate is the share of clips not decided.
+    probability; accuracy, precision and recall use the decided clips (REAL or FAKE);
+    ``accuracy_all`` uses every clip, a clip not decided counting as wrong (an abstention is
+    not a correct answer); the abstention rate is the share of clips not decided.
     """
     y = np.asarray(labels, dtype=np.int64)
     has_p = np.array([p is not None for p in probs])
@@ -290,6 +292,9 @@ def binary_report(
         ys, ss = decided(idx)
         return float((ys == ss).mean()) if ys.size else None
 
+    def accuracy_all(idx: np.ndarray) -> float | None:
+        return float((y[idx] == said[idx]).mean()) if idx.size else None
+
     def precision(idx: np.ndarray) -> float | None:
         ys, ss = decided(idx)
         called = ss == 1
@@ -307,6 +312,7 @@ def binary_report(
         "auc": auc,
         "eer": eer,
         "accuracy": accuracy,
+        "accuracy_all": accuracy_all,
         "precision": precision,
         "recall": recall,
         "ece": ece,
@@ -319,6 +325,8 @@ def binary_report(
         "n_fake": int((y == 1).sum()),
         "n_scored": int(has_p.sum()),
         "n_decided": int((said >= 0).sum()),
+        "n_uncertain": sum(d == "UNCERTAIN" for d in decisions),
+        "n_abstained": sum(d not in ("REAL", "FAKE", "UNCERTAIN") for d in decisions),
         "metrics": {
             name: bootstrap(fn, n, groups, resamples, seed).as_dict()
             for name, fn in metrics.items()
