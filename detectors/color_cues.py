@@ -10,12 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 from pydantic import Field
-from torch import nn
 
 from detectors.base import (
     DetectorConfig,
@@ -34,10 +32,13 @@ from detectors.manifest import (
 )
 from detectors.weights import load_checked
 
-KEY = "color-cues-lstm-v1"
+if TYPE_CHECKING:
+    # torch loads with the network, at setup: listing and configuring detectors stays quick.
+    import torch
 
-# The seed's fc1 width; fixed by its checkpoints.
-_FC1_SIZE = 32
+    from detectors.color_cues_net import ColorCuesNet
+
+KEY = "color-cues-lstm-v1"
 
 
 class ColorCuesConfig(CalibratedConfig):
@@ -70,28 +71,6 @@ class ColorCuesConfig(CalibratedConfig):
             exclude={"weights", "threshold", "seed", "hidden_size", "dropout"}
             | {"uncertain_band", "manifest"}
         )
-
-
-class ColorCuesNet(nn.Module):
-    """The seed's network: LSTM -> last hidden state -> dropout -> fc1 -> ReLU -> fc2 (a logit).
-
-    Attribute names ``lstm``, ``fc1``, ``fc2`` are the checkpoints' key prefixes.
-    """
-
-    def __init__(self, input_size: int, hidden_size: int, dropout: float) -> None:
-        super().__init__()
-        self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
-        self.dropout = nn.Dropout(dropout)
-        self.fc1 = nn.Linear(hidden_size, _FC1_SIZE)
-        self.relu = nn.ReLU()
-        self.fc2 = nn.Linear(_FC1_SIZE, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Windows (batch, steps, features) -> one logit per window (batch,)."""
-        out, _ = self.lstm(x)
-        hidden = self.dropout(out[:, -1, :])
-        logits: torch.Tensor = self.fc2(self.dropout(self.relu(self.fc1(hidden))))
-        return logits.squeeze(-1)
 
 
 @dataclass(frozen=True)
@@ -176,7 +155,7 @@ class ColorCuesDetector(CalibratedDetector[ColorCuesConfig]):
         super().__init__(config)
         self._faces = FaceFinder(config.face_detect_max_side, config.face_upsample)
         self._model: ColorCuesNet | None = None
-        self._device = torch.device("cpu")
+        self._device: torch.device | None = None
 
     @property
     def num_frames(self) -> int:
@@ -191,12 +170,18 @@ class ColorCuesDetector(CalibratedDetector[ColorCuesConfig]):
     def check_checkpoint(self, path: str | Path) -> str:
         """Check a checkpoint's keys and shapes against the configured network on the CPU;
         returns its sha256."""
+        from detectors.color_cues_net import ColorCuesNet
+
         cfg = self.config
         return load_checked(ColorCuesNet(self.input_size, cfg.hidden_size, cfg.dropout), path)
 
     def setup(self, device: str) -> None:
         """Build the network, load its weights (or seeded dummies) and their operating point from
         the weights manifest, move it to ``device``."""
+        import torch
+
+        from detectors.color_cues_net import ColorCuesNet
+
         cfg = self.config
         entry: ManifestEntry | None = None
         if cfg.weights == "dummy":
@@ -297,6 +282,8 @@ class ColorCuesDetector(CalibratedDetector[ColorCuesConfig]):
         """The network's uncalibrated fake probability for each window (n, steps, features)."""
         if self._model is None:
             raise RuntimeError("setup() has not run")
+        import torch
+
         with torch.inference_mode():
             x = torch.from_numpy(windows).to(self._device)
             probs = torch.sigmoid(self._model(x))

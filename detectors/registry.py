@@ -4,7 +4,7 @@ cannot load (a missing wheel, a broken CUDA library) takes only its own detector
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ _PLUGINS: dict[str, str] = {
     "c2pa-provenance": "detectors.provenance",
     "color-cues-lstm-v1": "detectors.color_cues",
     "face-cues-v1": "detectors.face_cues",
+    "onnx-face-classifier": "detectors.onnx_face",
     "siglip-lstm-v1": "detectors.siglip_lstm",
     "siglip-lstm-v3": "detectors.siglip_lstm",
 }
@@ -31,10 +32,15 @@ class UnknownDetector(DetectorError, KeyError):
         return self.message
 
 
-def _load() -> tuple[dict[str, type[Detector[Any]]], dict[str, str]]:
+def _load(
+    keys: Iterable[str] | None = None,
+) -> tuple[dict[str, type[Detector[Any]]], dict[str, str]]:
+    # Only the plugins asked for: importing one costs what its backend costs (torch and
+    # transformers take seconds), and a command that uses two detectors pays for two.
     found: dict[str, type[Detector[Any]]] = {}
     failed: dict[str, str] = {}
-    for key, module_name in _PLUGINS.items():
+    wanted = _PLUGINS if keys is None else {k: _PLUGINS[k] for k in keys if k in _PLUGINS}
+    for key, module_name in wanted.items():
         try:
             module = importlib.import_module(module_name)
         # torch raises OSError, not ImportError, when one of its shared libraries is broken.
@@ -55,14 +61,26 @@ def _load() -> tuple[dict[str, type[Detector[Any]]], dict[str, str]]:
     return found, failed
 
 
-def available() -> dict[str, type[Detector[Any]]]:
-    """Detector classes that imported, by key."""
-    return _load()[0]
+def keys() -> list[str]:
+    """Every registered key, sorted, without importing any plugin."""
+    return sorted(_PLUGINS)
 
 
-def unavailable() -> dict[str, str]:
-    """Why each registered detector that did not import is missing, by key."""
-    return _load()[1]
+def available(keys: Iterable[str] | None = None) -> dict[str, type[Detector[Any]]]:
+    """Detector classes that imported, by key (of ``keys`` only, when given)."""
+    return _load(keys)[0]
+
+
+def unavailable(keys: Iterable[str] | None = None) -> dict[str, str]:
+    """Why each registered detector that did not import is missing, by key (of ``keys`` only,
+    when given)."""
+    return _load(keys)[1]
+
+
+def find(key: str) -> type[Detector[Any]] | None:
+    """The detector class registered as ``key``, importing its plugin alone; None when the key
+    is unknown or its plugin does not import."""
+    return _load([key])[0].get(key)
 
 
 def build(key: str, raw_config: Mapping[str, Any]) -> Detector[Any]:
@@ -70,9 +88,9 @@ def build(key: str, raw_config: Mapping[str, Any]) -> Detector[Any]:
 
     A pydantic ``ValidationError`` propagates as is; the caller adds file and key context.
     """
-    found, failed = _load()
-    cls = found.get(key)
+    cls = find(key)
     if cls is None:
+        found, failed = _load()
         known = ", ".join(sorted(found)) or "none"
         message = f"unknown detector {key!r}; available: {known}"
         if key in failed:

@@ -32,16 +32,11 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, TypeVar
 
 import cv2
 import numpy as np
-import torch
 from pydantic import Field, model_validator
-from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_sequence
-from transformers import SiglipVisionConfig, SiglipVisionModel
-from transformers.activations import ACT2FN
 
 from detectors.base import (
     DetectorConfig,
@@ -60,11 +55,18 @@ from detectors.weights import (
     sha256_file,
 )
 
+if TYPE_CHECKING:
+    # torch and transformers load when a network is built (setup, checkpoint checks): listing
+    # and configuring detectors stays quick.
+    import torch
+    from torch import nn
+
+    from detectors.siglip_net import SiglipLSTMNet
+
 KEY_V1 = "siglip-lstm-v1"
 KEY_V3 = "siglip-lstm-v3"
 
 # Fixed by the seed's checkpoints.
-_LSTM_LAYERS = 2
 _BACKBONE = "siglip_backbone"
 _HEADS = ("lstm", "video_classifier", "image_classifier")
 # The SigLIP image processor's normalisation: [0, 1] -> [-1, 1].
@@ -81,8 +83,6 @@ _ARCHITECTURE = (
     "layer_norm_eps",
     "hidden_act",
 )
-# The backbone's autocast dtype on CUDA by the ``dtype`` setting; None runs float32.
-_AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
 
 
 class SiglipLSTMConfig(CalibratedConfig):
@@ -119,6 +119,8 @@ class SiglipLSTMConfig(CalibratedConfig):
             raise ValueError("hidden_size must be a multiple of num_attention_heads")
         if self.image_size % self.patch_size:
             raise ValueError("image_size must be a multiple of patch_size")
+        from transformers.activations import ACT2FN
+
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not a transformers activation")
         if self.backbone is not None and self.weights == "dummy":
@@ -131,6 +133,8 @@ class SiglipLSTMConfig(CalibratedConfig):
 
     def vision_config(self) -> Any:
         """The ``SiglipVisionConfig`` of the tower (with its attention-pooling head)."""
+        from transformers import SiglipVisionConfig
+
         return SiglipVisionConfig(vision_use_head=True, **dict(self.architecture()))
 
     def feature_settings(self) -> dict[str, Any]:
@@ -144,51 +148,6 @@ class SiglipLSTMv3Config(SiglipLSTMConfig):
     """Settings of ``siglip-lstm-v3``: v1's, plus the frame view's smoothing."""
 
     frame_window: int = Field(10, ge=1, description="Frames in the rolling mean of frame scores.")
-
-
-class SiglipLSTMNet(nn.Module):
-    """The seed's network around a given SigLIP vision tower.
-
-    Attribute names are the checkpoints' key prefixes. With ``nn.Identity()`` as the tower its
-    state dict holds exactly the head keys.
-    """
-
-    def __init__(self, backbone: nn.Module, hidden_size: int, lstm_hidden: int) -> None:
-        super().__init__()
-        self.siglip_backbone = backbone
-        self.lstm = nn.LSTM(
-            hidden_size,
-            lstm_hidden,
-            num_layers=_LSTM_LAYERS,
-            batch_first=True,
-            bidirectional=True,
-        )
-        self.video_classifier = nn.Linear(2 * lstm_hidden, 1)
-        self.image_classifier = nn.Linear(hidden_size, 1)
-
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Frames (N, 3, H, W) -> pooled embeddings (N, hidden)."""
-        pooled: torch.Tensor = self.siglip_backbone(pixel_values=pixels).pooler_output
-        return pooled
-
-    def video_logits(self, sequences: Sequence[torch.Tensor]) -> torch.Tensor:
-        """One logit per embedding sequence (lengths may differ): the last layer's final
-        forward and backward hidden states -> ``video_classifier``."""
-        lengths = torch.tensor([len(s) for s in sequences])
-        packed = pack_padded_sequence(
-            pad_sequence(list(sequences), batch_first=True),
-            lengths,
-            batch_first=True,
-            enforce_sorted=False,
-        )
-        _, (h_n, _) = self.lstm(packed)
-        logits: torch.Tensor = self.video_classifier(torch.cat([h_n[-2], h_n[-1]], dim=1))
-        return logits.squeeze(-1)
-
-    def frame_logits(self, pooled: torch.Tensor) -> torch.Tensor:
-        """One logit per embedded frame."""
-        logits: torch.Tensor = self.image_classifier(pooled)
-        return logits.squeeze(-1)
 
 
 @dataclass(frozen=True)
@@ -210,6 +169,11 @@ class Embedded:
 
 def skeleton(config: SiglipLSTMConfig, heads_only: bool = False) -> SiglipLSTMNet:
     """The network on the meta device: its keys and shapes, for checks, with no memory."""
+    import torch
+    from torch import nn
+
+    from detectors.siglip_net import SiglipLSTMNet
+
     with torch.device("meta"):
         backbone = nn.Identity() if heads_only else _tower(config.vision_config())
         return SiglipLSTMNet(backbone, config.hidden_size, config.lstm_hidden)
@@ -274,6 +238,12 @@ class _Memo:
 _EMBEDDINGS: weakref.WeakKeyDictionary[nn.Module, _Memo] = weakref.WeakKeyDictionary()
 
 
+def forget_embeddings() -> None:
+    """Drop every remembered embedding: a benchmark that feeds the same clips again must run
+    the backbone again, as new videos would."""
+    _EMBEDDINGS.clear()
+
+
 def _digest(pixels: torch.Tensor) -> str:
     """Content hash of a prepared video: ~20 ms for 32 frames, against seconds of backbone."""
     data = pixels.detach().cpu().contiguous().numpy()
@@ -291,6 +261,8 @@ def _shared_backbone(key: tuple[Any, ...], load: Callable[[], nn.Module]) -> nn.
 
 
 def _tower(vision_config: Any) -> nn.Module:
+    from transformers import SiglipVisionModel
+
     model: nn.Module = SiglipVisionModel(vision_config)
     return _unwrap(model)
 
@@ -304,6 +276,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def pretrained_tower(config: SiglipLSTMConfig, folder: str) -> nn.Module:
     """The SigLIP tower from a local Hugging Face folder, checked against ``config``."""
+    from transformers import SiglipVisionModel
+
     try:
         model: nn.Module = SiglipVisionModel.from_pretrained(
             folder, local_files_only=True, use_safetensors=True
@@ -332,6 +306,8 @@ def _sub_state(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torc
 def _chunks(tensors: Sequence[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
     """The rows of ``tensors`` in order, regrouped into tensors of ``size`` rows (the last
     smaller), without first concatenating everything."""
+    import torch
+
     pending: list[torch.Tensor] = []
     count = 0
     for tensor in tensors:
@@ -359,7 +335,7 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
     def __init__(self, config: ConfigT) -> None:
         super().__init__(config)
         self._net: SiglipLSTMNet | None = None
-        self._device = torch.device("cpu")
+        self._device: torch.device | None = None
         self._autocast: torch.dtype | None = None
 
     @property
@@ -374,6 +350,10 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
 
     def setup(self, device: str) -> None:
         """Load (or share) the tower, load the heads, move the network to ``device``."""
+        import torch
+
+        from detectors.siglip_net import SiglipLSTMNet
+
         cfg = self.config
         dev = torch.device(device)
         weights_id, source, load, head_state = self._weights()
@@ -391,7 +371,9 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
                 getattr(net, name).load_state_dict(_sub_state(head_state, name), strict=True)
         self._net = net.to(dev).eval()
         self._device = dev
-        self._autocast = _AUTOCAST[cfg.dtype] if dev.type == "cuda" else None
+        # The backbone's autocast dtype on CUDA (``dtype`` names a torch dtype); None: float32.
+        cast = dev.type == "cuda" and cfg.dtype != "float32"
+        self._autocast = getattr(torch, cfg.dtype) if cast else None
         self._weights_id = weights_id
 
     def prepare(self, frames: SampledFrames) -> SiglipInput:
@@ -399,6 +381,8 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
         when shrinking, as the SigLIP processor's antialiased bicubic does) and normalise."""
         if not frames.frames:
             raise DetectorError(f"{self.key}: no frames to score")
+        import torch
+
         size = self.config.image_size
         images = np.stack(
             [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames.frames]
@@ -434,6 +418,8 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
     ) -> tuple[str, tuple[Any, ...], Callable[[], nn.Module], dict[str, torch.Tensor] | None]:
         """(weights_id, what identifies the tower's weights, how to load the tower, the head
         weights or None for dummy heads); checkpoints are checked here, before any loading."""
+        import torch
+
         cfg = self.config
         if cfg.weights == "dummy":
 
@@ -474,6 +460,8 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
         """Why ``item`` cannot go into the batch, or None; checked before anything is stacked."""
         if not isinstance(item, SiglipInput):
             return f"expected SiglipInput, got {type(item).__name__}"
+        import torch
+
         pixels = item.pixels
         if not isinstance(pixels, torch.Tensor) or pixels.dtype != torch.float32:
             return "pixels must be a float32 tensor"
@@ -490,6 +478,8 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
         self, net: SiglipLSTMNet, pixels: list[torch.Tensor]
     ) -> tuple[list[float], list[list[float]]]:
         """Video probabilities and per-frame probabilities for each video."""
+        import torch
+
         with torch.inference_mode():
             pooled = self._pooled(net, pixels)
             # The heads run in float32 outside autocast: they are tiny, and cuDNN's LSTM does
@@ -504,6 +494,8 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
         """Pooled embeddings of every frame, in order. v1 and v3 on one shared backbone see the
         same frames of the same videos in one batch; whichever runs second finds the first one's
         embeddings in the backbone's memo instead of running the backbone again."""
+        import torch
+
         memo = _EMBEDDINGS.setdefault(net.siglip_backbone, _Memo())
         keys = [(_digest(p), str(self._autocast)) for p in pixels]
         todo = [i for i, key in enumerate(keys) if memo.get(key) is None]
@@ -523,7 +515,9 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
         return torch.cat([memo.need(key) for key in keys])
 
     def _embed(self, net: SiglipLSTMNet, chunk: torch.Tensor) -> torch.Tensor:
-        if self._device.type != "cuda":
+        import torch
+
+        if self._device is None or self._device.type != "cuda":
             return net.embed(chunk)
         x = chunk.pin_memory().to(self._device, non_blocking=True)
         if self._autocast is None:
@@ -548,7 +542,7 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
                 "raw_probability": video,
                 "operating_point": op.describe(),
                 "frames_scored": len(frames),
-                "backbone_dtype": str(self._autocast or torch.float32).removeprefix("torch."),
+                "backbone_dtype": str(self._autocast or "float32").removeprefix("torch."),
                 **view,
             },
         )

@@ -26,10 +26,10 @@ from detectors.siglip_lstm import (
     Embedded,
     SiglipInput,
     SiglipLSTMConfig,
-    SiglipLSTMNet,
     backbone_files,
     pretrained_tower,
 )
+from detectors.siglip_net import SiglipLSTMNet
 from detectors.training import (
     GROUP_RULE,
     Clip,

@@ -36,11 +36,11 @@ from detectors.color_cues import (
     ColorCuesConfig,
     ColorCuesDetector,
     ColorCuesInput,
-    ColorCuesNet,
     NoFace,
     video_windows,
     window_starts,
 )
+from detectors.color_cues_net import ColorCuesNet
 from detectors.errors import DetectorError
 from detectors.evaluation import (
     binary_report,
@@ -754,8 +754,9 @@ def predict_prepared(
 def per_dataset(
     clips: Sequence[Clip], predictions: Sequence[tuple[str, float | None]]
 ) -> dict[str, dict[str, Any]]:
-    """Per source dataset: clips, decided clips, correct decisions, mean fake probability.
-    (Most datasets hold one label only, so AUC per dataset is undefined.)"""
+    """Per source dataset: clips, decided clips, correct decisions, mean fake probability,
+    accuracy on the decided clips and on all of them (``accuracy_all``: a clip not decided
+    counts as wrong). (Most datasets hold one label only, so AUC per dataset is undefined.)"""
     rows: dict[str, dict[str, Any]] = {}
     for clip, (label, prob) in zip(clips, predictions, strict=True):
         row = rows.setdefault(
@@ -774,6 +775,7 @@ def per_dataset(
         probs = row.pop("probs")
         row["mean_probability"] = round(float(np.mean(probs)), 4) if probs else None
         row["accuracy"] = round(row["correct"] / row["decided"], 4) if row["decided"] else None
+        row["accuracy_all"] = round(row["correct"] / row["n"], 4)
     return dict(sorted(rows.items()))
 
 
@@ -1032,6 +1034,7 @@ def metrics_table(report: Mapping[str, Any]) -> str:
         "auc": "ROC AUC",
         "eer": "EER",
         "accuracy": "accuracy (decided clips)",
+        "accuracy_all": "accuracy (every clip; not decided counts as wrong)",
         "precision": "precision (FAKE)",
         "recall": "recall (FAKE)",
         "ece": "expected calibration error",

@@ -8,11 +8,15 @@ import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from detectors.errors import DetectorError
+
+if TYPE_CHECKING:
+    # torch is imported where a checkpoint is read: the detectors that need no network (and
+    # every command that only names this module's errors) start without it.
+    import torch
+    from torch import nn
 
 
 class WeightsError(DetectorError):
@@ -41,6 +45,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     ``weights_only=True`` refuses pickled code, so a hostile checkpoint cannot run anything.
     """
+    import torch
+
     path = Path(path)
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)

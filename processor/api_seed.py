@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from aiohttp import web
 
 from detectors.base import FrameScore
@@ -281,6 +280,9 @@ def _system_info(state: ApiState) -> dict[str, str]:
     if state.worker is None:
         return {"gpu_memory_used": "unknown", "processing_device": "unknown"}
     if state.device is not None and state.device.startswith("cuda"):
+        # Loaded already: the worker's detectors run on this device.
+        import torch
+
         used = torch.cuda.memory_allocated(state.device) / 1e9
         return {
             "gpu_memory_used": f"{used:.1f}GB",

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-import torch
 
 from detectors.base import Detector, DetectorResult, VideoInfo
 from detectors.errors import DetectorError, DeviceOutOfMemory
@@ -18,6 +18,12 @@ from detectors.frames import DecodeLimits, decode_sampled
 log = logging.getLogger(__name__)
 
 Outcome = DetectorResult | DetectorError
+
+
+def _torch_if_loaded() -> ModuleType | None:
+    """torch when some detector has imported it. Without it no device memory can run out, and
+    importing it only to ask would cost seconds."""
+    return sys.modules.get("torch")
 
 
 class InternalDetectorError(DetectorError):
@@ -106,16 +112,20 @@ class Pipeline:
                     f"{det.key} returned {len(results)} results for {len(inputs)} inputs"
                 )
             return results
-        except torch.cuda.OutOfMemoryError:
-            if len(inputs) == 1:
-                return [DeviceOutOfMemory(f"{det.key}: out of device memory on one video")]
-            torch.cuda.empty_cache()
-            log.warning("%s: device out of memory on %d videos; splitting", det.key, len(inputs))
         except Exception as exc:
-            if len(inputs) == 1:
+            torch = _torch_if_loaded()
+            if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
+                if len(inputs) == 1:
+                    return [DeviceOutOfMemory(f"{det.key}: out of device memory on one video")]
+                torch.cuda.empty_cache()
+                log.warning(
+                    "%s: device out of memory on %d videos; splitting", det.key, len(inputs)
+                )
+            elif len(inputs) == 1:
                 log.exception("%s failed on one video", det.key)
                 return [InternalDetectorError(f"{det.key}: {type(exc).__name__}: {exc}")]
-            log.warning("%s failed on a batch of %d; isolating", det.key, len(inputs))
+            else:
+                log.warning("%s failed on a batch of %d; isolating", det.key, len(inputs))
         half = len(inputs) // 2
         return self._predict_isolated(det, inputs[:half]) + self._predict_isolated(
             det, inputs[half:]

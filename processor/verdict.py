@@ -190,14 +190,15 @@ def explain_result(r: StoredResult) -> str:
         threshold=r.threshold,
         details=r.details,
     )
-    cls = _detector_classes().get(r.detector)
+    cls = _detector_class(r.detector)
     return cls.explain(result) if cls is not None else describe(r.detector, result)
 
 
 @functools.cache
-def _detector_classes() -> dict[str, type[Detector[Any]]]:
-    # The plugins importable in this process never change while it runs.
-    return registry.available()
+def _detector_class(key: str) -> type[Detector[Any]] | None:
+    # The plugins importable in this process never change while it runs. One key at a time:
+    # explaining a face-cues verdict must not import the SigLIP plugin (and transformers).
+    return registry.find(key)
 
 
 def verdict_document(job: JobView, video: VideoView | None, file: Path) -> dict[str, Any]:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import URL, Connection, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import DBAPIError
 
 from storage.errors import DatabaseMissing, StorageUnavailable
+
+if TYPE_CHECKING:
+    # Alembic loads when the schema changes (start-up, db upgrade): the commands that only
+    # read or change jobs start a third of a second sooner without it.
+    from alembic.config import Config
 
 BUSY_TIMEOUT_MS = 5000
 _SQLITE_PRAGMAS = (
@@ -67,15 +70,21 @@ def write_engine(engine: Engine) -> Engine:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply Alembic migrations (packaged in storage/migrations) up to ``revision``."""
+    from alembic import command
+
     _migrate(engine, lambda config: command.upgrade(config, revision))
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Undo migrations down to ``revision`` (``drishtiksha db downgrade``)."""
+    from alembic import command
+
     _migrate(engine, lambda config: command.downgrade(config, revision))
 
 
 def _migrate(engine: Engine, run: Callable[[Config], None]) -> None:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS).replace("%", "%%"))
     with write_engine(engine).begin() as conn:

@@ -16,7 +16,8 @@ import yaml
 from transformers import SiglipVisionConfig, SiglipVisionModel
 from typer.testing import CliRunner
 
-from detectors.color_cues import KEY, ColorCuesNet
+from detectors.color_cues import KEY
+from detectors.color_cues_net import ColorCuesNet
 from detectors.face_cues import KEY as FACE_KEY
 from detectors.faces import FaceFinder
 from detectors.manifest import read_manifest

@@ -17,9 +17,9 @@ from detectors.color_cues import (
     ColorCuesConfig,
     ColorCuesDetector,
     ColorCuesInput,
-    ColorCuesNet,
     window_starts,
 )
+from detectors.color_cues_net import ColorCuesNet
 from detectors.manifest import (
     SCHEMA,
     Calibration,

@@ -100,6 +100,37 @@ def test_out_of_memory_on_one_video_is_retryable() -> None:
     assert error.retryable
 
 
+class DeviceHog(Echo):
+    """Takes ``per_video`` bytes of device memory per input, as a network's activations grow
+    with the batch: a real CUDA out-of-memory error once the batch is too big."""
+
+    def __init__(self, per_video: int) -> None:
+        super().__init__()
+        self.per_video = per_video
+
+    def predict(self, batch: Sequence[Any]) -> list[DetectorResult | DetectorError]:
+        self.batch_sizes.append(len(batch))
+        held = torch.empty(len(batch) * self.per_video, dtype=torch.uint8, device="cuda")
+        del held
+        return [DetectorResult(Label.REAL, float(x), 0.5) for x in batch]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_out_of_memory_splits_the_batch() -> None:
+    free, _ = torch.cuda.mem_get_info()
+    # One video fits in the free memory, two do not: eight must be split down to ones.
+    det = DeviceHog(int(free * 0.6))
+    try:
+        out = _pipeline(det).predict([_prepared(i / 10) for i in range(8)])
+    finally:
+        torch.cuda.empty_cache()
+    assert [p.outcomes["echo"].fake_probability for p in out] == pytest.approx(  # type: ignore[union-attr]
+        [i / 10 for i in range(8)]
+    )
+    assert det.batch_sizes[:4] == [8, 4, 2, 1], "halved until one video fits"
+    assert det.batch_sizes.count(1) == 8
+
+
 def test_prepare_decodes_once_for_every_detector(tmp_path: Path) -> None:
     path = make_video(tmp_path / "v.mp4", seconds=1.0, fps=10, size=(64, 48), face=False)
     det = Echo()

@@ -32,6 +32,7 @@ from detectors.siglip_lstm import (
     SiglipLSTMv3Config,
     split_weights_id,
 )
+from detectors.siglip_net import SiglipLSTMNet
 from detectors.temporal import rolling_mean
 from detectors.weights import WeightsError, WeightsUnreadable, sha256_file
 from processor.pipeline import Pipeline
@@ -387,7 +388,7 @@ def test_v3_smooths_frame_scores_over_v1s_network() -> None:
     assert "frame_scores_raw" not in r1.details
 
 
-def _net(detector: SiglipLSTMv1 | SiglipLSTMv3) -> siglip_lstm.SiglipLSTMNet:
+def _net(detector: SiglipLSTMv1 | SiglipLSTMv3) -> SiglipLSTMNet:
     assert detector._net is not None
     return detector._net
 

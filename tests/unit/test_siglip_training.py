@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from detectors.evaluation import roc_auc
-from detectors.siglip_lstm import Embedded, SiglipLSTMConfig, SiglipLSTMNet
+from detectors.siglip_lstm import Embedded, SiglipLSTMConfig
+from detectors.siglip_net import SiglipLSTMNet
 from detectors.siglip_training import train_heads, video_probabilities
 from detectors.training import DatasetError, TrainParams
 

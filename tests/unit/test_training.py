@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from detectors.base import VideoInfo
-from detectors.color_cues import ColorCuesConfig, ColorCuesInput, ColorCuesNet, NoFace
+from detectors.color_cues import ColorCuesConfig, ColorCuesInput, NoFace
+from detectors.color_cues_net import ColorCuesNet
 from detectors.errors import CorruptVideo, TransientError
 from detectors.evaluation import roc_auc
 from detectors.training import (
