@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy import Engine
 
-from processor import api_docs, api_native, api_reviews, api_seed, desk
+from processor import api_docs, api_native, api_reviews, api_seed, api_webhooks, desk
 from processor.api_auth import HEADER, Keyring
 from processor.api_common import (
     PRINCIPAL,
@@ -36,7 +36,8 @@ from processor.api_common import (
 from processor.api_metrics import ApiMetrics
 from processor.api_openapi import query_parameters
 from processor.api_uploads import sweep
-from processor.config import ApiConfig, Config, ConfigError
+from processor.blobs import open_blobs
+from processor.config import ApiConfig, Config, ConfigError, Scope
 from processor.lifecycle import Lifecycle
 from processor.worker import Worker
 from storage.errors import StorageError
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # None: open to all; "health"/"metrics": open unless the matching *_requires_key flag is set.
-Access = Literal["read", "submit", "health", "metrics"] | None
+Access = Literal["read", "submit", "admin", "health", "metrics"] | None
 
 ACCESS: web.AppKey[dict[Any, Access]] = web.AppKey("drishtiksha_access")
 # (method, route) -> the query parameters it takes.
@@ -84,10 +85,13 @@ ROUTES: list[tuple[str, str, Handler, Access]] = [
     ("GET", "/v1/jobs/{job_id}/visualization", api_native.job_visualization, "read"),
     ("GET", "/v1/videos/{sha256}", api_native.get_video, "read"),
     ("GET", "/v1/detectors", api_native.list_detectors, "read"),
+    ("GET", "/v1/webhooks/deliveries", api_webhooks.list_deliveries, "read"),
+    ("GET", "/v1/webhooks/deliveries/{delivery_id}", api_webhooks.get_delivery, "read"),
+    ("POST", "/v1/webhooks/deliveries/{delivery_id}/retry", api_webhooks.retry_delivery, "admin"),
 ]
 
 
-def _scope(state: ApiState, access: Access) -> Literal["read", "submit"] | None:
+def _scope(state: ApiState, access: Access) -> Scope | None:
     if access == "health":
         return "read" if state.config.api.health_requires_key else None
     if access == "metrics":
@@ -254,11 +258,12 @@ def init_app(
     worker: Worker | None,
     *,
     environ: Mapping[str, str] | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> web.Application:
     """The aiohttp application over an open queue; ``worker`` is this process's worker, if it
-    has one. Raises ConfigError for an API that may not start as configured."""
-    # Imported here: processor.daemon imports this module to start the API.
-    from processor.daemon import decode_limits, resolve_device
+    has one, and ``lifecycle`` the process's own (one is made from ``config`` if not given).
+    Raises ConfigError for an API that may not start as configured."""
+    from processor.loader import decode_limits, resolve_device
 
     api = config.api
     detector_keys = config.all_detector_keys()
@@ -274,13 +279,11 @@ def init_app(
         queue=queue,
         engine=engine,
         worker=worker,
-        lifecycle=worker.lifecycle
-        if worker is not None
-        else Lifecycle(
-            queue,
-            config.inboxes,
-            config.queue,
-            keep_uploads_bytes=config.api.keep_uploads_bytes,
+        lifecycle=lifecycle
+        or (
+            worker.lifecycle
+            if worker is not None
+            else Lifecycle.from_config(config, queue, open_blobs(config.blobs))
         ),
         keyring=keyring,
         metrics=metrics,

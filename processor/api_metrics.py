@@ -1,10 +1,10 @@
 """Prometheus metrics for ``/metrics``.
 
-Job counts, queue depth and the oldest queued job come from the database at scrape time, so they
-are true for every process sharing the queue. Detector latencies, verdicts and failures are
-counted from the jobs that finished since this process started, read back from the database at
-each scrape (the worker may be another process). Batch sizes can only be seen where the batches
-run: in a process with a worker.
+Job counts, queue depth, the oldest queued job and webhook deliveries not yet delivered come from
+the database at scrape time, so they are true for every process sharing the queue. Detector
+latencies, verdicts and failures are counted from the jobs that finished since this process
+started, read back from the database at each scrape (the worker may be another process). Batch
+sizes can only be seen where the batches run: in a process with a worker.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from processor.pipeline import Pipeline, Predicted, PreparedVideo
+from storage.deliveries import Deliveries
 from storage.errors import StorageError
 from storage.queue import JobQueue, JobState, JobView
 
@@ -34,6 +35,7 @@ class ApiMetrics:
 
     def __init__(self, queue: JobQueue) -> None:
         self.queue = queue
+        self.deliveries = Deliveries(queue)
         self.registry = CollectorRegistry()
         r = self.registry
         self.http_requests = Counter(
@@ -58,6 +60,13 @@ class ApiMetrics:
             "drishtiksha_jobs", "Jobs in the database, by state.", ["state"], registry=r
         )
         self.queue_depth = Gauge("drishtiksha_queue_depth", "Jobs waiting to run.", registry=r)
+        self.webhook_deliveries = Gauge(
+            "drishtiksha_webhook_deliveries",
+            "Webhook deliveries not delivered yet, by state: pending (to be tried again) or "
+            "dead (failed for the whole retry period, parked until sent again by hand).",
+            ["state"],
+            registry=r,
+        )
         self.oldest_queued = Gauge(
             "drishtiksha_queue_oldest_age_seconds",
             "Age of the oldest job waiting to run (0 when none waits).",
@@ -119,6 +128,8 @@ class ApiMetrics:
         now = dt.datetime.now(dt.UTC)
         age = (now - oldest[0].created_at).total_seconds() if oldest else 0.0
         self.oldest_queued.set(max(0.0, age))
+        for delivery_state, n in self.deliveries.counts().items():
+            self.webhook_deliveries.labels(delivery_state.value).set(n)
         self._count_finished(now)
 
     def _count_finished(self, now: dt.datetime) -> None:

@@ -40,7 +40,6 @@ from processor.api_uploads import (
 )
 from processor.files import sha256_file
 from processor.verdict import explained, overall_verdict, result_document, video_document
-from processor.visualize import render_video, shared_face_finder
 from storage.db import ping
 from storage.errors import StorageError
 from storage.queue import JobState, StoredResult
@@ -303,6 +302,9 @@ async def render_result(
                 "the job's video was replaced since it was judged; its scores would not fit",
             )
         dst.parent.mkdir(parents=True, exist_ok=True)
+        # matplotlib and the drawing code load on the first rendering, not at start-up.
+        from processor.visualize import render_video, shared_face_finder
+
         render_video(
             source,
             dst,
@@ -549,20 +551,36 @@ async def _readiness(state: ApiState) -> tuple[bool, dict[str, Any]]:
     worker = state.worker
     if worker is not None:
         alive = worker_alive(state)
-        ready = ready and alive
+        # A worker that cannot read jobs' bytes (no credentials, no shared folder) is alive
+        # but of no use: not ready, and the reason is shown.
+        ready = ready and alive and worker.problem is None
         body["worker"] = {
             "id": worker.worker_id,
             "alive": alive,
             "held_jobs": len(worker.held),
             "batches_run": worker.batches_run,
+            "problem": worker.problem,
         }
     else:
         body["worker"] = None
     if "jobs" in body:
         # Every worker sharing the database, so one host's status shows the whole fleet.
+        lease_s = state.config.queue.lease_s
         body["workers"] = [
-            {"id": w.id, "alive": w.alive, "held_jobs": len(w.held_jobs)}
-            for w in await io(state.queue.workers, state.config.queue.lease_s)
+            {
+                "id": w.id,
+                "host": w.host,
+                "alive": w.alive,
+                "held_jobs": len(w.held_jobs),
+                "device": (w.capabilities or {}).get("device"),
+                "detectors": sorted((w.capabilities or {}).get("detectors") or {}),
+            }
+            for w in await io(state.queue.workers, lease_s)
+        ]
+        # Queued jobs that wait for a worker with detectors no live one has loaded.
+        body["stranded"] = [
+            {"detectors": keys.split(",") if keys else [], "queued": n}
+            for keys, n in (await io(state.queue.stranded, lease_s)).items()
         ]
     report = {row["key"]: row for row in detector_report(state) if row["configured"]}
     if worker is not None:

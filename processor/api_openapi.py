@@ -19,7 +19,8 @@ _ERROR_TEXT = {
     404: "Not found.",
     408: "The upload stalled (sent nothing for upload_idle_timeout_s), averaged less than "
     "upload_min_bytes_per_s, or took longer than upload_deadline_s.",
-    409: "Conflict with the job's state, or a job id prefix that several jobs share.",
+    409: "Conflict with the state of the job (or webhook delivery), or a job id prefix that "
+    "several jobs share.",
     413: "The upload is larger than max_upload_bytes.",
     415: "The body is not a video container (checked by probing the bytes).",
     422: "A video that cannot be judged (corrupt, over a limit), or an unknown model.",
@@ -326,6 +327,7 @@ def _schemas() -> dict[str, Any]:
             }
         ),
         "DetectorInfo": detector_info,
+        **_webhook_schemas(),
         "Detectors": _obj(
             {
                 "device": _nullable(_STR),
@@ -355,11 +357,32 @@ def _schemas() -> dict[str, Any]:
                 "database": _STR,
                 "jobs": {"type": "object", "additionalProperties": _INT},
                 "worker": _nullable(
-                    _obj({"id": _STR, "alive": _BOOL, "held_jobs": _INT, "batches_run": _INT})
+                    _obj(
+                        {
+                            "id": _STR,
+                            "alive": _BOOL,
+                            "held_jobs": _INT,
+                            "batches_run": _INT,
+                            "problem": _nullable(_STR),
+                        }
+                    )
                 ),
                 "workers": {
                     "type": "array",
-                    "items": _obj({"id": _STR, "alive": _BOOL, "held_jobs": _INT}),
+                    "items": _obj(
+                        {
+                            "id": _STR,
+                            "host": _STR,
+                            "alive": _BOOL,
+                            "held_jobs": _INT,
+                            "device": _nullable(_STR),
+                            "detectors": _STRS,
+                        }
+                    ),
+                },
+                "stranded": {
+                    "type": "array",
+                    "items": _obj({"detectors": _STRS, "queued": _INT}),
                 },
                 "detectors": {
                     "type": "object",
@@ -455,6 +478,138 @@ def _seed_analysis(summary: str, schema: str, detector_keys: list[str]) -> dict[
                 **_errors(400, 401, 403, 408, 409, 413, 415, 422, 503, 504, seed=True),
             },
         }
+    }
+
+
+_DELIVERY_ID = {
+    "name": "delivery_id",
+    "in": "path",
+    "required": True,
+    "description": "Webhook delivery id (the X-Drishtiksha-Delivery header of each attempt).",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+}
+_DELIVERY_STATES = ("pending", "dead", "delivered")
+
+
+def _webhook_schemas() -> dict[str, Any]:
+    delivery = {
+        "id": _INT,
+        "job_id": _STR,
+        "event": {**_STR, "description": "job.done, job.failed, job.cancelled or job.reviewed."},
+        "url": {
+            **_STR,
+            "description": "The receiver: the whole URL for admin keys (and with no keys "
+            "configured), else only its scheme and host.",
+        },
+        "state": {
+            "type": "string",
+            "enum": list(_DELIVERY_STATES),
+            "description": "pending: to be tried (again) at next_attempt_at; delivered: a "
+            "receiver answered 2xx; dead: failed for the whole webhooks.retry_for_s and "
+            "parked until it is sent again by hand.",
+        },
+        "attempts": {**_INT, "description": "Attempts recorded, re-sends included."},
+        "last_status": _nullable(_INT),
+        "last_error": _nullable(_STR),
+        "created_at": _TIME,
+        "next_attempt_at": _nullable(_TIME),
+        "delivered_at": _nullable(_TIME),
+        "dead_at": _nullable(_TIME),
+    }
+    attempt = _obj(
+        {
+            "at": _TIME,
+            "status": {**_nullable(_INT), "description": "The receiver's HTTP status."},
+            "error": {**_nullable(_STR), "description": "Why it failed; null when accepted."},
+            "elapsed_s": _NUM,
+        }
+    )
+    return {
+        "WebhookDelivery": _obj(delivery),
+        "WebhookDeliveryDetail": _obj(
+            {
+                **delivery,
+                "history": {
+                    "type": "array",
+                    "items": attempt,
+                    "description": "Every attempt, oldest first.",
+                },
+            }
+        ),
+        "WebhookDeliveryList": _obj(
+            {
+                "deliveries": {"type": "array", "items": _ref("WebhookDelivery")},
+                "next": {
+                    **_nullable(_INT),
+                    "description": "Cursor for the next page (pass as before), or null.",
+                },
+            }
+        ),
+    }
+
+
+def _webhook_paths() -> dict[str, Any]:
+    return {
+        "/v1/webhooks/deliveries": {
+            "get": {
+                "tags": ["webhooks"],
+                "summary": "Webhook deliveries, newest first",
+                "security": _SECURED,
+                "parameters": [
+                    _query(
+                        "state",
+                        {"type": "string", "enum": list(_DELIVERY_STATES)},
+                        "Only deliveries in this state.",
+                    ),
+                    _query(
+                        "job",
+                        {"type": "string", "pattern": "^[0-9a-fA-F]{8,32}$"},
+                        "Only the deliveries of this job (its id, or a unique start of 8+).",
+                    ),
+                    _query(
+                        "limit",
+                        {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+                        "Page size.",
+                    ),
+                    _query(
+                        "before",
+                        {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                        "Cursor: the next field of the previous page.",
+                    ),
+                ],
+                "responses": {
+                    "200": _response("A page of deliveries.", _ref("WebhookDeliveryList")),
+                    **_errors(400, 401, 403, 409, 503),
+                },
+            }
+        },
+        "/v1/webhooks/deliveries/{delivery_id}": {
+            "parameters": [_DELIVERY_ID],
+            "get": {
+                "tags": ["webhooks"],
+                "summary": "One webhook delivery with every attempt",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response("The delivery.", _ref("WebhookDeliveryDetail")),
+                    **_errors(400, 401, 403, 404, 503),
+                },
+            },
+        },
+        "/v1/webhooks/deliveries/{delivery_id}/retry": {
+            "parameters": [_DELIVERY_ID],
+            "post": {
+                "tags": ["webhooks"],
+                "summary": "Send a dead delivery again",
+                "description": "Due now, with a new retry period (webhooks.retry_for_s) "
+                "starting now; a dispatcher in any running process sends it. Needs an admin "
+                "key. 409 not_dead for a delivery that is pending or delivered.",
+                "security": _SECURED,
+                "responses": {
+                    "200": _response("The delivery, pending again.", _ref("WebhookDeliveryDetail")),
+                    **_errors(400, 401, 403, 404, 409, 503),
+                },
+            },
+        },
     }
 
 
@@ -779,6 +934,7 @@ def _paths(detector_keys: list[str], request_timeout_s: float) -> dict[str, Any]
                 },
             }
         },
+        **_webhook_paths(),
     }
 
 

@@ -35,6 +35,7 @@ from detectors.errors import (
 )
 from detectors.frames import DecodeLimits, probe
 from processor.api_common import JOB_ID, PRINCIPAL, ApiError, ApiState, io
+from processor.blobs import StoreUnavailable, Unreachable
 from processor.config import ApiConfig
 from processor.files import fsync_dir
 
@@ -249,8 +250,18 @@ async def discard(upload: Upload) -> None:
 
 
 async def enqueue(state: ApiState, upload: Upload, detectors: list[str], priority: int) -> None:
-    """Commit the upload's job (the file is removed if that fails) and wake the worker."""
+    """Put the upload in the object store (when one is configured), commit its job (the file
+    is removed if either fails) and wake the worker."""
     try:
+        try:
+            blob_url = await io(state.lifecycle.store, upload.path, upload.sha256, upload.size)
+        except (Unreachable, StoreUnavailable) as exc:
+            raise ApiError(
+                503,
+                "store_unavailable",
+                f"the object store did not take the video ({exc}); try again shortly",
+                headers={"Retry-After": "10"},
+            ) from exc
         await io(
             lambda: state.queue.enqueue(
                 job_id=upload.job_id,
@@ -263,6 +274,8 @@ async def enqueue(state: ApiState, upload: Upload, detectors: list[str], priorit
                 work_path=str(upload.path),
                 priority=priority,
                 max_attempts=state.config.queue.max_attempts,
+                blob_url=blob_url,
+                origin=state.config.host_name,
             )
         )
     except BaseException:

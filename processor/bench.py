@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from detectors.errors import DetectorError
 from detectors.frames import DecodeLimits, decode_by_seeking, decode_sampled
+from processor.config import BlobsConfig
 from processor.pipeline import Pipeline
 from processor.verdict import overall_verdict
 
@@ -79,14 +81,22 @@ def summarise(rows: list[DecodeRow]) -> dict[str, float]:
 
 
 def _queue_worker(
-    url: str, worker_id: str, batch: int, start_at: float
+    url: str, worker_id: str, batch: int, start_at: float, store: BlobsConfig | None
 ) -> tuple[int, list[float], float, float]:
-    """One benchmark process: claim and complete until the queue is empty."""
+    """One benchmark process: claim and complete until the queue is empty; with ``store``,
+    also fetch each job's bytes (sha256 checked) and write its verdict back, as a worker on
+    another host does."""
+    import shutil
+    import tempfile
+
+    from processor.blobs import S3Blobs
     from storage.db import make_engine
     from storage.queue import JobQueue, NewResult
 
     engine = make_engine(url)
     queue = JobQueue(engine)
+    blobs = S3Blobs(store) if store is not None else None
+    scratch = Path(tempfile.mkdtemp(prefix="bench-scratch-"))
     noop = NewResult(
         detector="noop",
         version="0",
@@ -111,10 +121,16 @@ def _queue_worker(
         if not claimed:
             break
         for job in claimed:
+            if blobs is not None and job.blob_url is not None:
+                blobs.fetch(job.blob_url, None, job.video_sha256, scratch / job.id / "video")
+                shutil.rmtree(scratch / job.id)
             if queue.complete(job.id, worker_id, [noop], verdict):
                 done += 1
+                if blobs is not None:
+                    blobs.put_verdict(job.video_sha256, job.id, {"job_id": job.id, **verdict}, None)
     last = time.time()
     engine.dispose()
+    shutil.rmtree(scratch, ignore_errors=True)
     return done, latencies, first, last
 
 
@@ -126,41 +142,67 @@ class QueueRun:
     claim_p50_ms: float
     claim_p95_ms: float
     claim_p99_ms: float
+    put_ms_per_job: float | None = None  # ingest side: storing each video, when a store is used
 
     @property
     def jobs_per_s(self) -> float:
         return self.jobs / self.seconds
 
 
-def bench_queue(url: str, jobs: int, workers: int, batch: int) -> QueueRun:
+def bench_queue(
+    url: str,
+    jobs: int,
+    workers: int,
+    batch: int,
+    store: BlobsConfig | None = None,
+    video_bytes: int = 0,
+) -> QueueRun:
     """Fill the queue with ``jobs`` jobs, then time ``workers`` processes draining it with a
-    no-op in place of inference: claim, then complete with one result row, per job."""
+    no-op in place of inference: claim, then complete with one result row, per job. With
+    ``store``, each job's ``video_bytes`` of distinct bytes are put in the object store while
+    filling (timed apart), and workers fetch them and write a verdict back."""
     import concurrent.futures
+    import hashlib
     import multiprocessing
+    import tempfile
     import uuid
 
+    from processor.blobs import S3Blobs
     from storage.db import make_engine, upgrade
     from storage.queue import JobQueue
 
     engine = make_engine(url)
     upgrade(engine)
     queue = JobQueue(engine)
-    for _ in range(jobs):
-        queue.enqueue(
-            job_id=uuid.uuid4().hex,
-            sha256=uuid.uuid4().hex * 2,
-            size_bytes=1,
-            source_kind="bench",
-            source_ref="bench",
-            detectors=["noop"],
-        )
+    blobs = S3Blobs(store) if store is not None else None
+    put_s = 0.0
+    with tempfile.TemporaryDirectory(prefix="bench-videos-") as tmp:
+        for _ in range(jobs):
+            sha256, blob_url = uuid.uuid4().hex * 2, None
+            if blobs is not None:
+                video = Path(tmp) / "video"
+                video.write_bytes(os.urandom(video_bytes))
+                sha256 = hashlib.sha256(video.read_bytes()).hexdigest()
+                t0 = time.perf_counter()
+                blob_url = blobs.put_file(video, sha256, video_bytes)
+                put_s += time.perf_counter() - t0
+            queue.enqueue(
+                job_id=uuid.uuid4().hex,
+                sha256=sha256,
+                size_bytes=max(video_bytes, 1),
+                source_kind="bench",
+                source_ref="bench",
+                detectors=["noop"],
+                blob_url=blob_url,
+            )
     engine.dispose()
     # Every process starts claiming at the same moment, once all have imported and connected.
     start_at = time.time() + 5.0
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
         futures = [
-            pool.submit(_queue_worker, url, f"bench-{i}", batch, start_at) for i in range(workers)
+            pool.submit(_queue_worker, url, f"bench-{i}", batch, start_at, store)
+            for i in range(workers)
         ]
         results = [f.result() for f in futures]
     seconds = max(r[3] for r in results) - min(r[2] for r in results)
@@ -170,7 +212,8 @@ def bench_queue(url: str, jobs: int, workers: int, batch: int) -> QueueRun:
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
 
-    return QueueRun(workers, done, seconds, pct(0.5), pct(0.95), pct(0.99))
+    put_ms = put_s / jobs * 1000 if blobs is not None and jobs else None
+    return QueueRun(workers, done, seconds, pct(0.5), pct(0.95), pct(0.99), put_ms)
 
 
 @dataclass
@@ -194,11 +237,16 @@ SEED_DETECTORS = frozenset({"color-cues-lstm-v1", "siglip-lstm-v1", "siglip-lstm
 
 
 def bench_pipeline(
-    pipeline: Pipeline, videos: list[Path], batch: int, seed_way: bool
+    pipeline: Pipeline,
+    videos: list[Path],
+    batch: int,
+    seed_way: bool,
+    advance: Callable[[int], None] | None = None,
 ) -> PipelineRun:
     """Our way (one sequential decode per video shared by all detectors, detectors run over
     batches of ``batch`` videos) against the older service's way (for every video and every
-    detector: a seek per sampled frame, then that detector alone on that one video)."""
+    detector: a seek per sampled frame, then that detector alone on that one video).
+    ``advance(n)`` is told of every n videos done, each way (progress)."""
     keys = list(pipeline.detectors)
     run = PipelineRun(len(videos), 0.0, dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 0.0), 0, None)
     start = time.perf_counter()
@@ -211,6 +259,8 @@ def bench_pipeline(
         for key, det in pipeline.detectors.items():
             inputs = [p.inputs[key] for p in prepared if key in p.inputs]
             run.predict_s[key] += _timed(partial(det.predict, inputs)) if inputs else 0.0
+        if advance is not None:
+            advance(len(prepared))
     run.ours_wall_s = time.perf_counter() - start
     if seed_way:
         start = time.perf_counter()
@@ -221,5 +271,7 @@ def bench_pipeline(
                     det.predict([det.prepare(frames)])
                 except DetectorError:
                     continue  # e.g. no face: the older service stopped here too
+            if advance is not None:
+                advance(1)
         run.seed_wall_s = time.perf_counter() - start
     return run

@@ -26,8 +26,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-import botocore.session  # type: ignore[import-untyped]
-from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
 from botocore.exceptions import (  # type: ignore[import-untyped]
     BotoCoreError,
     ClientError,
@@ -116,6 +114,11 @@ class S3Blobs:
         self.config = config
         self.bucket = config.bucket
         self.prefix = config.prefix.strip("/")
+        # The client's half a second of imports is paid by hosts that use a store, not by
+        # every start-up.
+        import botocore.session  # type: ignore[import-untyped]
+        from botocore.config import Config as BotoConfig  # type: ignore[import-untyped]
+
         session = botocore.session.Session(profile=config.profile)
         self._s3 = session.create_client(
             "s3",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import enum
 import errno
 import json
@@ -19,14 +21,16 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich import box
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 # typer carries its own copy of click (since 0.2x); its errors are that copy's classes.
 from typer._click import exceptions as click_errors
 
+from processor.cli_bench import bench_gpu_bundle_cmd, bench_gpu_cmd, bench_startup_cmd
+from processor.cli_webhooks import webhooks_app
 from processor.config import Config, ConfigError, load_config
 from processor.logs import setup_logging
+from processor.progress import Steps
 from storage.errors import StorageError
 
 if TYPE_CHECKING:
@@ -44,6 +48,10 @@ app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
 app.add_typer(weights_app, name="weights")
+app.add_typer(webhooks_app, name="webhooks")
+bench_app.command("startup")(bench_startup_cmd)
+bench_app.command("gpu")(bench_gpu_cmd)
+bench_app.command("gpu-bundle")(bench_gpu_bundle_cmd)
 
 ConfigOpt = Annotated[
     Path | None,
@@ -120,27 +128,35 @@ def _config(path: Path | None) -> Config:
 @app.command()
 def run(
     config: ConfigOpt = None,
-    role: Annotated[str, typer.Option(help="all, ingest, worker or api.")] = "all",
+    role: Annotated[
+        str, typer.Option(help="all, or some of ingest, worker, api joined by commas.")
+    ] = "all",
     log_format: Annotated[str | None, typer.Option(help="text or json.")] = None,
 ) -> None:
     """Run the daemon: watch the inboxes, process jobs, serve the API."""
+    from processor.fleet import pin_gpu
+
+    # drishtiksha-worker@0-b.service sets CUDA_VISIBLE_DEVICES=0-b; CUDA must see "0".
+    pin_gpu(os.environ)
+
     from detectors.errors import DetectorError
-    from processor.daemon import Role, serve
+    from processor.daemon import parse_roles, serve
 
     cfg = _config(config)
-    if role not in ("all", "ingest", "worker", "api"):
-        _fail(f"--role must be all, ingest, worker or api, not {role!r}")
-    if role in ("all", "worker"):
+    try:
+        roles = parse_roles(role)
+    except ValueError as exc:
+        _fail(str(exc))
+    if "worker" in roles:
         _report_missing_files(cfg)
-    if role in ("all", "api") and cfg.api.enabled:
+    if "api" in roles and cfg.api.enabled:
         # Before anything starts: a taken port would otherwise fail only after migrations,
         # detector loading and the watchers, with the whole stack in a traceback.
         _check_port(cfg.api.host, cfg.api.port)
     setup_logging(cfg.logging.level, log_format or cfg.logging.format)
     log.info("configuration: %s", cfg.source)
-    r: Role = role  # type: ignore[assignment]
     try:
-        asyncio.run(serve(cfg, r))
+        asyncio.run(serve(cfg, role))
     except (ConfigError, DetectorError, StorageError) as exc:
         # A bad configuration, an unloadable weights file or an unreachable database stops
         # start-up with one clear line.
@@ -172,9 +188,8 @@ def _missing_files(cfg: Config) -> list[str]:
     from detectors.weights import WeightsError
 
     problems: list[str] = []
-    classes = registry.available()
     for key, section in cfg.detectors.items():
-        cls = classes.get(key)
+        cls = registry.find(key)
         if cls is None:
             continue  # build_detectors names unknown keys
         fields = cls.config_class.model_fields
@@ -258,9 +273,10 @@ def _with_detectors(cfg: Config, arg: str | None) -> tuple[Config, list[str]]:
     if arg is None:
         return cfg, list(cfg.inboxes[0].detectors)
     keys = list(dict.fromkeys(k.strip() for k in arg.split(",") if k.strip()))
-    found, broken = registry.available(), registry.unavailable()
+    # Only the plugins named are imported: each may bring a backend that takes seconds.
+    found, broken = registry.available(keys), registry.unavailable(keys)
     if not keys:
-        _fail(f"--detectors names none; registered: {', '.join(sorted({*found, *broken}))}")
+        _fail(f"--detectors names none; registered: {', '.join(registry.keys())}")
     sections = dict(cfg.detectors)
     for key in keys:
         if key in sections:
@@ -268,7 +284,7 @@ def _with_detectors(cfg: Config, arg: str | None) -> tuple[Config, list[str]]:
         if key in broken:
             _fail(f"detector {key} cannot load here: {broken[key]}")
         if key not in found:
-            _fail(f"unknown detector {key!r}; registered: {', '.join(sorted({*found, *broken}))}")
+            _fail(f"unknown detector {key!r}; registered: {', '.join(registry.keys())}")
         # Unconfigured: the weights shipped in the manifest where the detector has them.
         fields = found[key].config_class.model_fields
         sections[key] = {"weights": "manifest"} if "manifest" in fields else {}
@@ -278,7 +294,7 @@ def _with_detectors(cfg: Config, arg: str | None) -> tuple[Config, list[str]]:
 def _set_up(cfg: Config, keys: list[str]) -> dict[str, Any]:
     """Build and load the detectors ``keys`` on the configured device, or fail in one line."""
     from detectors.errors import DetectorError
-    from processor.daemon import build_detectors, resolve_device
+    from processor.loader import build_detectors, resolve_device
 
     try:
         built = build_detectors(cfg, keys)
@@ -315,7 +331,7 @@ def analyze(
 ) -> None:
     """Judge files now, in this process, through the daemon's pipeline (no database; files are
     left where they are)."""
-    from processor.daemon import decode_limits
+    from processor.loader import decode_limits
     from processor.pipeline import Pipeline
 
     cfg = _config(config)
@@ -325,11 +341,11 @@ def analyze(
     built = _set_up(cfg, keys)
     pipeline = Pipeline(built, decode_limits(cfg), cfg.decode.max_side)
     rows: list[dict[str, Any]] = []
-    with Progress(console=err, transient=True) as progress:
-        task = progress.add_task("analysing", total=len(files))
+    with Steps(err) as steps:
+        task = steps.add("analysing", total=len(files))
         for path in files:
             rows.append(_analyze_one(pipeline, path, keys, cfg.fusion, visualize))
-            progress.advance(task)
+            task.advance()
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row))
@@ -647,13 +663,45 @@ def detectors_cmd(config: ConfigOpt = None) -> None:
     _report_missing_files(cfg)
 
 
-@app.command("workers")
-def workers_cmd(config: ConfigOpt = None) -> None:
-    """Worker processes sharing the database: alive or not, and the jobs each holds."""
+@app.command("gc")
+def gc_cmd(
+    config: ConfigOpt = None,
+    dry_run: Annotated[bool, typer.Option(help="List what would go; remove nothing.")] = False,
+) -> None:
+    """Remove what is kept only for a while: fetched bytes of jobs no longer running, renderings
+    past the API's limits, stale uploads, downloads of finished S3 jobs. Never a file a running
+    job reads, nor anything in an inbox, done/ or failed/."""
+    from processor.gc import collect
+
     cfg = _config(config)
     queue = _queue(cfg)
+    try:
+        removed = collect(cfg, queue, dry_run=dry_run)
+    finally:
+        queue.engine.dispose()
+    for item in removed:
+        out.print(
+            f"{'would remove' if dry_run else 'removed'} {item.path}: {item.why}",
+            markup=False,
+            highlight=False,
+        )
+    out.print(
+        f"{len(removed)} {'would go' if dry_run else 'removed'}", markup=False, highlight=False
+    )
+
+
+@app.command("workers")
+def workers_cmd(config: ConfigOpt = None) -> None:
+    """Worker processes sharing the database: alive or not (silent past their dead_after_s)
+    and the jobs each holds; then what each live one has loaded, and queued jobs that no live
+    worker can run."""
+    from processor.fleet import describe_stranded
+
+    cfg = _config(config)
+    queue = _queue(cfg)
+    workers = queue.workers(alive_within_s=cfg.queue.lease_s)
     table = Table("worker", "host", "pid", "alive", "last heartbeat", "held jobs")
-    for w in queue.workers(alive_within_s=cfg.queue.lease_s):
+    for w in workers:
         table.add_row(
             w.id,
             w.host,
@@ -663,11 +711,42 @@ def workers_cmd(config: ConfigOpt = None) -> None:
             ", ".join(w.held_jobs) or "-",
         )
     out.print(table)
+    # One row per detector: a host left on older weights stands out.
+    loaded = Table("worker", "device", "detector", "version", "weights")
+    for w in workers:
+        caps = w.capabilities or {}
+        if not w.alive or not caps:
+            continue
+        for key, det in sorted((caps.get("detectors") or {}).items()):
+            weights = str(det.get("weights_id", "-"))
+            loaded.add_row(
+                w.id, _device_shown(caps), key, str(det.get("version", "-")), weights[:12]
+            )
+    if loaded.row_count:
+        out.print(loaded)
+    stranded = queue.stranded(cfg.queue.lease_s)
+    if stranded:
+        err.print(
+            f"warning: {describe_stranded(stranded)}", markup=False, highlight=False, soft_wrap=True
+        )
+
+
+def _device_shown(caps: dict[str, Any]) -> str:
+    """The device a worker published, with the GPU it was given when it was pinned to one."""
+    device = str(caps.get("device") or "-")
+    visible = caps.get("visible_devices")
+    return f"{device} (GPU {visible})" if visible and device.startswith("cuda") else device
 
 
 @weights_app.command("import")
 def weights_import(
-    path: Annotated[Path, typer.Argument(help="Checkpoint in the older service's format.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Checkpoint in the older service's format, or an ONNX file for "
+            "onnx-face-classifier."
+        ),
+    ],
     detector: Annotated[str, typer.Option(help="Detector key it is for.")],
     threshold: Annotated[
         float, typer.Option(help="Fake-probability threshold to record for it.")
@@ -677,9 +756,9 @@ def weights_import(
     ] = Path("weights/manifest.json"),
     config: ConfigOpt = None,
 ) -> None:
-    """Check a checkpoint key by key and shape by shape against the configured network, copy it
-    next to the manifest and register it there (sha256, threshold) as the detector's default."""
-    import datetime as dt
+    """Check a checkpoint key by key and shape by shape against the configured network (an ONNX
+    graph: its input and output against the configured input size and output), copy it next
+    to the manifest and register it there (sha256, threshold) as the detector's default."""
     import shutil
 
     from detectors import registry
@@ -691,7 +770,7 @@ def weights_import(
     try:
         digest = registry.check_checkpoint(detector, section, path)
     except DetectorError as exc:
-        err.print(f"refused: {exc}", highlight=False)
+        err.print(f"refused: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from exc
     dest = manifest.parent / f"{detector}-{digest[:12]}{path.suffix or '.pt'}"
     manifest.parent.mkdir(parents=True, exist_ok=True)
@@ -709,7 +788,7 @@ def weights_import(
             detector_config=section,
         ),
     )
-    out.print(f"{path}: keys and shapes match {detector}; sha256 {digest}")
+    out.print(f"{path}: fits {detector} as configured; sha256 {digest}")
     out.print(f"copied to {dest} and registered in {manifest} as the default for {detector}")
     out.print(f"use it with detectors.{detector}.weights: {dest.resolve()}")
 
@@ -749,7 +828,7 @@ def db_downgrade(
 def config_check(config: ConfigOpt = None) -> None:
     """Validate the configuration, detector sections and the files they name included, say
     which file it came from, and print it resolved."""
-    from processor.daemon import build_detectors
+    from processor.loader import build_detectors
 
     cfg = _config(config)
     err.print(f"configuration: {cfg.source}", markup=False, highlight=False, soft_wrap=True)
@@ -769,29 +848,68 @@ def bench_queue_cmd(
     jobs: Annotated[int, typer.Option(help="Jobs per run.")] = 2000,
     workers: Annotated[str, typer.Option(help="Worker process counts to try.")] = "1,2,4",
     batch: Annotated[int, typer.Option(help="Jobs per claim.")] = 1,
+    s3_endpoint: Annotated[
+        str | None,
+        typer.Option(help="Also move each job's bytes through this S3 endpoint (needs --bucket)."),
+    ] = None,
+    bucket: Annotated[
+        str | None, typer.Option(help="An existing bucket for --s3-endpoint.")
+    ] = None,
+    video_bytes: Annotated[
+        int, typer.Option(help="Bytes per job's video with --s3-endpoint.")
+    ] = 1024 * 1024,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the runs to this JSON file.")
+    ] = None,
 ) -> None:
     """Jobs per second through the queue with a no-op instead of inference, and claim
-    latency percentiles, for each number of worker processes."""
+    latency percentiles, for each number of worker processes. With --s3-endpoint, each job's
+    bytes are also stored at enqueue (timed apart), fetched by the worker and its verdict
+    written back, as between hosts with blobs.kind s3."""
     from processor.bench import bench_queue, machine
+    from processor.config import BlobsConfig
 
+    if (s3_endpoint is None) != (bucket is None):
+        _fail("--s3-endpoint and --bucket go together")
+    store = (
+        BlobsConfig(kind="s3", bucket=bucket, endpoint_url=s3_endpoint, prefix="bench")
+        if bucket is not None
+        else None
+    )
     out.print(f"machine: {machine()}")
+    store_args = f" --s3-endpoint <url> --bucket <b> --video-bytes {video_bytes}" if store else ""
     out.print(
         f"command: drishtiksha bench queue --database-url <{database_url.split(':')[0]}> "
-        f"--jobs {jobs} --workers {workers} --batch {batch}"
+        f"--jobs {jobs} --workers {workers} --batch {batch}{store_args}"
     )
-    table = Table("workers", "jobs", "seconds", "jobs/s", "claim p50 ms", "p95 ms", "p99 ms")
+    columns = ["workers", "jobs", "seconds", "jobs/s", "claim p50 ms", "p95 ms", "p99 ms"]
+    table = Table(*columns, *(["store put ms/job"] if store else []))
+    runs = []
     for n in (int(x) for x in workers.split(",")):
-        run = bench_queue(database_url, jobs, n, batch)
-        table.add_row(
+        run = bench_queue(database_url, jobs, n, batch, store, video_bytes)
+        runs.append({**dataclasses.asdict(run), "jobs_per_s": run.jobs_per_s})
+        row = [
             str(n),
             str(run.jobs),
             f"{run.seconds:.2f}",
-            f"{run.jobs_per_s:.0f}",
+            f"{run.jobs_per_s:.1f}",
             f"{run.claim_p50_ms:.2f}",
             f"{run.claim_p95_ms:.2f}",
             f"{run.claim_p99_ms:.2f}",
-        )
+        ]
+        table.add_row(*row, *([f"{run.put_ms_per_job:.1f}"] if run.put_ms_per_job else []))
     out.print(table)
+    if json_out is not None:
+        report = {
+            "machine": machine(),
+            "load_average": os.getloadavg(),
+            "date": dt.date.today().isoformat(),
+            "batch": batch,
+            "video_bytes": video_bytes if store else None,
+            "store": "s3" if store else None,
+            "runs": runs,
+        }
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 @bench_app.command("detectors")
@@ -814,7 +932,7 @@ def bench_detectors_cmd(
     service's per-video, per-model, seek-per-frame way."""
     from detectors import registry
     from processor.bench import SEED_DETECTORS, bench_pipeline, machine, video_files
-    from processor.daemon import build_detectors, decode_limits, resolve_device
+    from processor.loader import build_detectors, decode_limits, resolve_device
     from processor.pipeline import Pipeline
 
     cfg = _config(config)
@@ -840,9 +958,15 @@ def bench_detectors_cmd(
     for det in built.values():
         det.setup(device)
     files = video_files(videos)[:limit]
-    run = bench_pipeline(
-        Pipeline(built, decode_limits(cfg), cfg.decode.max_side), files, batch, seed_way
-    )
+    with Steps(err) as steps:
+        task = steps.add("videos, each way", total=len(files) * (2 if seed_way else 1))
+        run = bench_pipeline(
+            Pipeline(built, decode_limits(cfg), cfg.decode.max_side),
+            files,
+            batch,
+            seed_way,
+            task.advance,
+        )
     out.print(f"machine: {machine()}, device {device}")
     out.print(
         f"command: drishtiksha bench detectors --detectors {','.join(keys)} --limit {limit} "
@@ -881,7 +1005,7 @@ def bench_decode_cmd(
     """Sample frames per video: one sequential decode (ours) against a seek per sampled frame
     (the older service's way), side by side."""
     from processor.bench import DecodeRow, bench_decode, machine, summarise, video_files
-    from processor.daemon import decode_limits
+    from processor.loader import decode_limits
 
     cfg = _config(config)
     files = video_files(videos)[: limit or None]
@@ -889,14 +1013,14 @@ def bench_decode_cmd(
         err.print(f"no videos under {videos}")
         raise typer.Exit(1)
     rows: list[DecodeRow] = []
-    with Progress(console=err, transient=True) as progress:
-        task = progress.add_task("decoding", total=len(files))
+    with Steps(err) as steps:
+        task = steps.add("decoding", total=len(files))
         for row in bench_decode(files, frames, decode_limits(cfg), cfg.decode.max_side):
             if isinstance(row, DecodeRow):
                 rows.append(row)
             else:
                 err.print(f"skipped {row[0]}: {row[1].code}")
-            progress.advance(task)
+            task.advance()
     s = summarise(rows)
     out.print(f"machine: {machine()}")
     out.print(f"command: drishtiksha bench decode --frames {frames} --videos {videos}")
@@ -1085,19 +1209,18 @@ def train(
         extractor.setup("cpu")
         pipeline, cache = _feature_source(cfg, extractor, cache_dir)
         prepare = _preparer(pipeline, detector)
-    with Progress(console=err) as progress:
-        task = progress.add_task("features", total=len(clips))
-        features = tr.extract_features(
-            clips, cache, prepare, workers, lambda: progress.advance(task)
-        )
-        fit = progress.add_task("training", total=epochs, visible=detector == KEY)
+    with Steps(err) as steps:
+        task = steps.add("features", total=len(clips))
+        features = tr.extract_features(clips, cache, prepare, workers, task.advance)
+        # Only color-cues trains by epochs; the others fit in one step.
+        fit = steps.add("training", total=epochs) if detector == KEY else None
 
         def on_epoch(record: dict[str, float]) -> None:
-            progress.update(
-                fit,
-                completed=record["epoch"],
-                description=f"training (val loss {record['val_loss']:.3f})",
-            )
+            if fit is not None:
+                fit.update(
+                    completed=int(record["epoch"]),
+                    description=f"training (val loss {record['val_loss']:.3f})",
+                )
 
         try:
             if cross_validate:
@@ -1170,7 +1293,7 @@ def _feature_source(cfg: Config, detector: Any, cache_dir: Path) -> tuple[Any, A
     import dataclasses
 
     from detectors import training as tr
-    from processor.daemon import decode_limits
+    from processor.loader import decode_limits
     from processor.pipeline import Pipeline
 
     limits = decode_limits(cfg)
@@ -1197,12 +1320,30 @@ def _preparer(pipeline: Any, key: str) -> Any:
 
 def _print_reports(reports: dict[str, Any]) -> None:
     table = Table(
-        "scorer", "clips", "AUC", "EER", "accuracy", "precision", "recall", "ECE", "not decided"
+        "scorer",
+        "clips",
+        "AUC",
+        "EER",
+        "accuracy",
+        "accuracy (all)",
+        "precision",
+        "recall",
+        "ECE",
+        "not decided",
     )
     for name, rep in reports.items():
         cells = []
-        for metric in ("auc", "eer", "accuracy", "precision", "recall", "ece", "abstention_rate"):
-            m = rep["metrics"][metric]
+        for metric in (
+            "auc",
+            "eer",
+            "accuracy",
+            "accuracy_all",
+            "precision",
+            "recall",
+            "ece",
+            "abstention_rate",
+        ):
+            m = rep["metrics"].get(metric, {"value": None, "ci95": [None, None]})
             low, high = m["ci95"]
             cells.append(
                 "-"
@@ -1241,6 +1382,20 @@ def eval_cmd(
         typer.Option(help="Feature cache for detectors that have one (--no-cache: none)."),
     ] = Path("var/cache/features"),
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Prepare every clip anew.")] = False,
+    cross_validate: Annotated[
+        bool,
+        typer.Option(
+            help="Leave one group out over every clip: each detector's training recipe refitted "
+            "without the clip's group (default detector: face-cues-v1); the headline figure."
+        ),
+    ] = False,
+    record_held_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --cross-validate and --json: record the report's AUC as held_out of each "
+            "detector's default entry in this weights manifest."
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Measure detectors and their fused verdict on labelled videos, through the
@@ -1250,6 +1405,25 @@ def eval_cmd(
 
     cfg = _config(config)
     setup_logging("WARNING", "text")
+    if cross_validate:
+        if all_clips or split is not None or card is not None:
+            _fail("--cross-validate judges every clip: leave out --all, --split and --card")
+        if record_held_out is not None and json_out is None:
+            _fail("--record-held-out needs --json: the manifest points at the report")
+        _cross_validate(
+            cfg,
+            data,
+            detectors,
+            json_out,
+            png,
+            resamples,
+            seed,
+            None if no_cache else cache_dir,
+            record_held_out,
+        )
+        return
+    if record_held_out is not None:
+        _fail("--record-held-out goes with --cross-validate")
     if all_clips == (split is not None) or (split is not None) != (card is not None):
         _fail("give either --all, or --split with --card")
     cfg, keys = _with_detectors(cfg, detectors)
@@ -1263,11 +1437,9 @@ def eval_cmd(
     except tr.DatasetError as exc:
         _fail(str(exc))
     built = _set_up(cfg, keys)
-    with Progress(console=err, transient=True) as progress:
-        task = progress.add_task("evaluating", total=len(clips))
-        outcomes = _evaluate(
-            cfg, built, clips, None if no_cache else cache_dir, lambda: progress.advance(task)
-        )
+    with Steps(err) as steps:
+        task = steps.add("evaluating", total=len(clips))
+        outcomes = _evaluate(cfg, built, clips, None if no_cache else cache_dir, task.advance)
     report = _eval_report(cfg, built, clips, outcomes, resamples, seed)
     report["data"] = str(data)
     report["selection"] = "all" if all_clips else f"{split} split of {card}"
@@ -1279,6 +1451,114 @@ def eval_cmd(
         from detectors.evaluation import plot_report
 
         plot_report(report, png)
+
+
+def _cross_validate(
+    cfg: Config,
+    data: Path,
+    detectors: str | None,
+    json_out: Path | None,
+    png: Path | None,
+    resamples: int,
+    seed: int,
+    cache_dir: Path | None,
+    manifest: Path | None,
+) -> None:
+    """``eval --cross-validate``: each detector's features through the daemon's pipeline (and
+    feature cache), its recipe refitted leaving one group out, the votes scored and fused."""
+    import tempfile
+
+    from pydantic import ValidationError
+
+    from detectors import registry
+    from detectors import training as tr
+    from detectors.manifest import ManifestError
+    from detectors.weights import sha256_file
+    from processor import crossval
+
+    recipes = crossval.recipes()
+    keys = [k.strip() for k in (detectors or "face-cues-v1").split(",") if k.strip()]
+    unknown = [k for k in keys if k not in recipes]
+    if unknown or not keys:
+        _fail(
+            f"--cross-validate refits each detector per group; {', '.join(unknown) or 'none'} "
+            f"cannot be; these can: {', '.join(recipes)}"
+        )
+    try:
+        clips = tr.assign_groups(tr.load_clips(data))
+    except tr.DatasetError as exc:
+        _fail(str(exc))
+    votes: dict[str, list[tuple[str, float | None]]] = {}
+    described: dict[str, dict[str, Any]] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="drishtiksha-cv-") as scratch,
+        Steps(err) as steps,
+    ):
+        for key in keys:
+            # Features do not depend on weights or the operating point: those are left out, as
+            # for training, so the recipe never needs an existing checkpoint.
+            section = {
+                k: v
+                for k, v in cfg.detectors.get(key, {}).items()
+                if k not in ("weights", "threshold", "uncertain_band", "manifest")
+            }
+            try:
+                extractor = registry.build(key, section)
+            except ValidationError as exc:
+                _fail(f"detectors.{key}: {exc}")
+            extractor.setup("cpu")
+            pipeline, cache = _feature_source(
+                cfg, extractor, cache_dir if cache_dir is not None else Path(scratch)
+            )
+            task = steps.add(f"{key} features", total=len(clips))
+            features = tr.extract_features(
+                clips, cache, _preparer(pipeline, key), cfg.batching.prepare_workers, task.advance
+            )
+            try:
+                votes[key] = recipes[key].out_of_fold(clips, features)
+            except tr.DatasetError as exc:
+                _fail(f"{key}: {exc}")
+            described[key] = {
+                "version": extractor.version,
+                "settings": extractor.config.feature_settings(),
+                "recipe": recipes[key].describe,
+            }
+    report = crossval.build_report(clips, votes, described, cfg.fusion, resamples, seed)
+    command = f"uv run drishtiksha eval --cross-validate --data {data} --detectors {','.join(keys)}"
+    command += f" --resamples {resamples} --seed {seed}"
+    if json_out is not None:
+        command += f" --json {json_out}"
+    if png is not None:
+        command += f" --png {png}"
+    report |= {
+        "data": str(data),
+        "data_sha256": sha256_file(data) if data.is_file() else None,
+        "command": command,
+        "code_version": _code_version(),
+        "date": dt.datetime.now(dt.UTC).date().isoformat(),
+    }
+    _print_reports(report["scorers"])
+    for name, scorer in report["scorers"].items():
+        below = scorer["sources_below_half"]
+        if below:
+            out.print(
+                f"{name}: fewer than half right (abstentions count as wrong) on {', '.join(below)}",
+                markup=False,
+                highlight=False,
+            )
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1) + "\n")
+    if png is not None:
+        from detectors.evaluation import plot_report
+
+        plot_report(report, png)
+    if manifest is not None and json_out is not None:
+        try:
+            updated = crossval.record_held_out(manifest, report, json_out)
+        except (ManifestError, ValueError) as exc:
+            _fail(str(exc), 1)
+        out.print(f"held_out of {', '.join(updated)} in {manifest} now quotes {json_out}")
 
 
 @dataclass(frozen=True)
@@ -1306,7 +1586,7 @@ def _evaluate(
     from detectors.errors import DetectorError
     from detectors.face_cues import FaceCuesDetector
     from detectors.training import Failed, FeatureCache, Features
-    from processor.daemon import decode_limits
+    from processor.loader import decode_limits
     from processor.pipeline import Pipeline, PreparedVideo
 
     pipeline = Pipeline(built, decode_limits(cfg), cfg.decode.max_side)

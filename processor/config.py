@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import socket
 import types
 import typing
 from collections.abc import Mapping
@@ -127,6 +128,13 @@ class QueueConfig(_Section):
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, time to finish held jobs before releasing them."
     )
+    gc_interval_s: float = Field(
+        3600.0,
+        gt=0,
+        description="How often each process removes what is kept only for a while, as "
+        "`drishtiksha gc` does: fetched bytes of jobs no longer running, renderings and uploads "
+        "past their limits, downloads of finished S3 jobs.",
+    )
     finalize_sweep_s: float = Field(
         10.0,
         gt=0,
@@ -134,6 +142,41 @@ class QueueConfig(_Section):
         "their worker doing it (failed by max_attempts, a move that failed); also how long "
         "after a job ends before the sweep takes it over.",
     )
+    heartbeat_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often a worker records that it is alive (its capabilities too). "
+        "Default 2, or a third of dead_after_s when that is less.",
+    )
+    dead_after_s: float = Field(
+        10.0,
+        gt=0,
+        description="A worker silent this long is declared dead by any other process: its "
+        "jobs are reclaimed at once rather than when their leases run out. At least three "
+        "heartbeats and at most half of lease_s; default 10, or half of lease_s when that is "
+        "less. Hosts sharing a queue need clocks in sync to well within it.",
+    )
+
+    @model_validator(mode="after")
+    def _beats_fit(self) -> QueueConfig:
+        # Short leases (tests, benchmarks) bring the unset defaults down with them, so that
+        # setting lease_s alone always gives a valid section.
+        if "dead_after_s" not in self.model_fields_set:
+            self.dead_after_s = min(self.dead_after_s, self.lease_s / 2)
+        if "heartbeat_s" not in self.model_fields_set:
+            self.heartbeat_s = min(self.heartbeat_s, self.dead_after_s / 3)
+        if self.dead_after_s > self.lease_s / 2:
+            raise ValueError(
+                f"dead_after_s ({self.dead_after_s:g}) must be at most half of lease_s "
+                f"({self.lease_s:g}), or a dead worker's leases run out before it is noticed"
+            )
+        if self.heartbeat_s > self.dead_after_s / 3:
+            raise ValueError(
+                f"heartbeat_s ({self.heartbeat_s:g}) must be at most a third of dead_after_s "
+                f"({self.dead_after_s:g}), so that one late heartbeat never gets a live worker "
+                "declared dead"
+            )
+        return self
 
 
 # admin: everything, and server paths (work, done, inbox files) in what the API shows.
@@ -272,8 +315,23 @@ class WebhookTarget(_Section):
 
 class WebhooksConfig(_Section):
     targets: list[WebhookTarget] = Field(default_factory=list)
-    max_attempts: int = Field(8, ge=1, description="Attempts before a delivery is given up.")
-    retry_base_s: float = Field(2.0, gt=0, description="First retry delay; doubles each time.")
+    retry_base_s: float = Field(
+        2.0, gt=0, description="First retry delay; doubles each time, up to retry_max_s."
+    )
+    retry_max_s: float = Field(900.0, gt=0, description="Longest wait between two attempts.")
+    retry_for_s: float = Field(
+        86400.0,
+        gt=0,
+        description="A failing delivery is retried while its waits add up to no more than "
+        "this (time the daemon was down does not count), then parked as dead until it is "
+        "sent again by hand (drishtiksha webhooks retry).",
+    )
+    max_attempts: int | None = Field(
+        None,
+        ge=1,
+        description="Also park a delivery after this many attempts in a row (default: only "
+        "retry_for_s limits them).",
+    )
     timeout_s: float = Field(10.0, gt=0, description="Per-attempt HTTP timeout.")
     poll_s: float = Field(1.0, gt=0, description="How often the dispatcher looks for work.")
 
@@ -361,6 +419,52 @@ class SqsSourceConfig(_Section):
     )
 
 
+class BlobsConfig(_Section):
+    """Where a job's bytes live so that a worker on any host can read them.
+
+    ``local``: in this host's work folders (one host, or workers that share its filesystem).
+    ``s3``: in an S3-compatible bucket (AWS S3, MinIO, Ceph, R2), content-addressed; workers
+    fetch each job's bytes into ``scratch`` and check their sha256. Credentials come the AWS way
+    (environment, profile, instance role), never from this file."""
+
+    kind: Literal["local", "s3"] = "local"
+    bucket: str | None = Field(None, description="The bucket (kind s3).")
+    prefix: str = Field(
+        "drishtiksha",
+        pattern=r"^[A-Za-z0-9!_.*'()/-]*$",
+        description="Key prefix: videos under <prefix>/videos/<sha256>, verdicts under "
+        "<prefix>/verdicts/<sha256>/<job id>.json.",
+    )
+    endpoint_url: str | None = Field(
+        None, description="Non-AWS endpoint (MinIO, Ceph, R2, a local emulator)."
+    )
+    region: str | None = Field(None, description="Region; default: the AWS configuration.")
+    profile: str | None = Field(None, description="AWS profile; default: the AWS configuration.")
+    part_bytes: int = Field(
+        16 * 1024**2,
+        ge=5 * 1024**2,
+        description="Multipart upload part size (S3's minimum is 5 MiB); smaller files go in "
+        "one request.",
+    )
+    verdicts: Literal["prefix", "beside", "off"] = Field(
+        "prefix",
+        description="Write each finished job's verdict document to the store: under the "
+        "prefix, beside the original object of an S3-notified job (<key>.verdict.json, "
+        "others under the prefix), or not at all.",
+    )
+    scratch: Path = Field(
+        Path("var/scratch"),
+        description="Where a worker keeps the bytes it fetched while their job runs; each "
+        "job's copy is removed when it ends.",
+    )
+
+    @model_validator(mode="after")
+    def _bucket_for_s3(self) -> BlobsConfig:
+        if self.kind == "s3" and not self.bucket:
+            raise ValueError("blobs.kind s3 needs blobs.bucket")
+        return self
+
+
 class Config(_Section):
     # Where the values came from (file and how it was found), for logs and `config check`.
     _source: str = PrivateAttr(EMBEDDED)
@@ -385,6 +489,15 @@ class Config(_Section):
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     sqs: list[SqsSourceConfig] = Field(
         default_factory=list, description="SQS queues of S3 event notifications to ingest."
+    )
+    blobs: BlobsConfig = Field(default_factory=BlobsConfig)
+    host_name: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=255,
+        description="This host's name in the shared queue (default: the machine's name). "
+        "Only the host a file came from moves it to done/ or failed/, so hosts sharing one "
+        "database need distinct names.",
     )
 
     @model_validator(mode="after")
@@ -439,12 +552,14 @@ class Config(_Section):
             url = "sqlite:///" + str((base / url.removeprefix("sqlite:///")).resolve())
         api = self.api.model_copy(update={"upload_dir": (base / self.api.upload_dir).resolve()})
         sqs = [s.model_copy(update={"work": (base / s.work).resolve()}) for s in self.sqs]
+        blobs = self.blobs.model_copy(update={"scratch": (base / self.blobs.scratch).resolve()})
         return self.model_copy(
             update={
                 "inboxes": inboxes,
                 "database": DatabaseConfig(url=url),
                 "api": api,
                 "sqs": sqs,
+                "blobs": blobs,
             }
         )
 

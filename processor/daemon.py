@@ -7,27 +7,27 @@ import functools
 import logging
 import os
 import signal
-import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
 
-import torch
 from aiohttp import web
-from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from detectors import registry
-from detectors.base import Detector
-from detectors.frames import DecodeLimits
 from processor import systemd
 from processor.api import init_app
 from processor.api import runner as api_runner
-from processor.config import Config, ConfigError, describe_errors
+from processor.blobs import open_blobs
+from processor.config import Config
+from processor.gc import gc_forever
 from processor.ingest import FolderWatcher
 from processor.lifecycle import Lifecycle
-from processor.pipeline import Pipeline
+
+# Part of the daemon's interface: what starts a worker builds and sets up detectors with these.
+from processor.loader import build_detectors as build_detectors
+from processor.loader import decode_limits as decode_limits
+from processor.loader import load_pipeline as load_pipeline
+from processor.loader import resolve_device as resolve_device
 from processor.sqs import SqsSource
 from processor.webhooks import Dispatcher
 from processor.worker import Worker
@@ -36,62 +36,23 @@ from storage.queue import JobQueue
 
 log = logging.getLogger(__name__)
 
-Role = Literal["all", "ingest", "worker", "api"]
+ROLES = ("ingest", "worker", "api")
+# "all", one of ROLES, or several joined by commas ("ingest,api").
+Role = str
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` means the first CUDA device when there is one, else the CPU."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: {device} requested but CUDA is not available")
-    return device
-
-
-def decode_limits(config: Config) -> DecodeLimits:
-    """The configured limits in the decoder's terms."""
-    lim = config.limits
-    return DecodeLimits(
-        max_file_bytes=lim.max_file_bytes,
-        max_duration_s=lim.max_duration_s,
-        max_pixels=lim.max_pixels,
-        max_decoded_frames=lim.max_decoded_frames,
-    )
-
-
-def build_detectors(config: Config, keys: list[str]) -> dict[str, Detector[Any]]:
-    """Validate each detector's section (errors name the key) and build it, not yet loaded."""
-    built: dict[str, Detector[Any]] = {}
-    for key in keys:
-        try:
-            built[key] = registry.build(key, config.detectors[key])
-        except ValidationError as exc:
-            model = registry.available()[key].config_class
-            problems = "; ".join(describe_errors(exc, model, f"detectors.{key}."))
-            raise ConfigError(f"invalid detector configuration: {problems}") from exc
-        except registry.UnknownDetector as exc:
-            raise ConfigError(f"detectors.{key}: {exc}") from exc
-    return built
-
-
-def load_pipeline(config: Config) -> Pipeline:
-    """Build and set up every detector the inboxes use, on the configured device."""
-    device = resolve_device(config.device)
-    if device == "cpu" and config.cpu_threads:
-        torch.set_num_threads(config.cpu_threads)
-    detectors = build_detectors(config, config.all_detector_keys())
-    for key, det in detectors.items():
-        det.setup(device)
-        if det.weights_id == "dummy":
-            log.warning(
-                "detector %s %s runs with weights: dummy (seeded random weights): its verdicts "
-                "are meaningless and every one is labelled so",
-                key,
-                det.version,
-            )
-        else:
-            log.info("detector %s %s on %s, weights %s", key, det.version, device, det.weights_id)
-    return Pipeline(detectors, decode_limits(config), config.decode.max_side)
+def parse_roles(role: Role) -> frozenset[str]:
+    """The parts a process runs; ``ValueError`` names what is wrong with ``role``."""
+    parts = {part.strip() for part in role.split(",")}
+    if parts == {"all"}:
+        return frozenset(ROLES)
+    unknown = sorted(parts - set(ROLES))
+    if unknown:
+        raise ValueError(
+            f"--role must be all, or some of {', '.join(ROLES)} joined by commas; "
+            f"{role!r} names {', '.join(map(repr, unknown))}"
+        )
+    return frozenset(parts)
 
 
 def open_database(config: Config) -> Engine:
@@ -112,24 +73,19 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set (SIGTERM/SIGINT in ``main``), then shut down in order:
         ingest first, then the worker's grace period, then the API."""
+        roles = parse_roles(self.role)
         engine = open_database(self.config)
         queue = JobQueue(engine)
         worker: Worker | None = None
-        lifecycle = Lifecycle(
-            queue,
-            self.config.inboxes,
-            self.config.queue,
-            webhooks=self.config.webhooks,
-            max_file_bytes=self.config.limits.max_file_bytes,
-            keep_uploads_bytes=self.config.api.keep_uploads_bytes,
-        )
+        blobs = open_blobs(self.config.blobs)
+        lifecycle = Lifecycle.from_config(self.config, queue, blobs)
         runner: web.AppRunner | None = None
         watchers: list[FolderWatcher | SqsSource] = []
         stop_tasks: list[asyncio.Task[None]] = []
         try:
-            if self.role in ("all", "worker"):
+            if "worker" in roles:
                 pipeline = await asyncio.to_thread(load_pipeline, self.config)
-                worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+                worker_id = f"{self.config.host_name}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
                 worker = Worker(
                     queue,
                     pipeline,
@@ -138,12 +94,17 @@ class Daemon:
                     self.config.queue,
                     worker_id,
                     self.config.fusion,
+                    device=resolve_device(self.config.device),
                 )
                 lifecycle.on_enqueued = _threadsafe_setter(worker.wake)
-            if self.role in ("all", "ingest"):
+            if "ingest" in roles:
                 lifecycle.prepare_folders()
                 await lifecycle.recover()
+            if roles & {"ingest", "api"}:
+                # The files of this host's jobs (inbox files, uploads) are placed here, also
+                # for jobs that a worker on another host ended.
                 stop_tasks.append(asyncio.create_task(lifecycle.sweep_forever()))
+            if "ingest" in roles:
                 for inbox in self.config.inboxes:
                     watcher = FolderWatcher(
                         inbox.path,
@@ -164,18 +125,25 @@ class Daemon:
                         max_file_bytes=self.config.limits.max_file_bytes,
                         max_attempts=self.config.queue.max_attempts,
                         on_enqueued=lifecycle.on_enqueued,
+                        blobs=blobs,
                     )
                     await sqs.start()
                     watchers.append(sqs)
-            if self.role in ("all", "api") and self.config.api.enabled:
-                runner = api_runner(init_app(self.config, queue, engine, worker), self.config.api)
+            if "api" in roles and self.config.api.enabled:
+                runner = api_runner(
+                    init_app(self.config, queue, engine, worker, lifecycle=lifecycle),
+                    self.config.api,
+                )
                 await runner.setup()
                 site = web.TCPSite(runner, self.config.api.host, self.config.api.port)
                 await site.start()
                 log.info("API on http://%s:%d", self.config.api.host, self.config.api.port)
-            if self.role in ("all", "worker") and self.config.webhooks.targets:
+            # Every role sends: an event recorded by a process of one role (a cancel through
+            # the API, a review) must not wait for a worker to start somewhere.
+            if self.config.webhooks.targets:
                 dispatcher = Dispatcher(queue, self.config.webhooks)
                 stop_tasks.append(asyncio.create_task(dispatcher.run(stop)))
+            stop_tasks.append(asyncio.create_task(gc_forever(self.config, queue)))
             log.info("drishtiksha ready (role %s)", self.role)
             systemd.notify(f"READY=1\nSTATUS=running, role {self.role}")
             period = systemd.watchdog_period()
@@ -195,6 +163,8 @@ class Daemon:
                 await stop.wait()
         finally:
             systemd.notify("STOPPING=1")
+            if blobs is not None:
+                blobs.close()
             for task in stop_tasks:
                 task.cancel()
             await asyncio.gather(*stop_tasks, return_exceptions=True)

@@ -4,6 +4,7 @@ running job still reads is removed, and never a user's own file (inbox, done/, f
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import shutil
@@ -78,3 +79,14 @@ def _finished_downloads(work: Path, queue: JobQueue, *, dry_run: bool) -> list[R
             with contextlib.suppress(OSError):
                 shutil.rmtree(folder)
     return removed
+
+
+async def gc_forever(config: Config, queue: JobQueue) -> None:
+    """Run ``collect`` every ``queue.gc_interval_s`` until cancelled."""
+    while True:
+        await asyncio.sleep(config.queue.gc_interval_s)
+        try:
+            for item in await asyncio.to_thread(collect, config, queue):
+                log.info("removed %s: %s", item.path, item.why)
+        except Exception:
+            log.exception("clean-up failed; will try again in %.0f s", config.queue.gc_interval_s)

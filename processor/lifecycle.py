@@ -22,7 +22,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from processor.config import InboxConfig, QueueConfig, WebhooksConfig
+from processor import fleet
+from processor.blobs import S3Blobs, SourceChanged, SourceMissing, StoreUnavailable, Unreachable
+from processor.config import BlobsConfig, Config, InboxConfig, QueueConfig, WebhooksConfig
 from processor.files import (
     ERROR_SUFFIX,
     VERDICT_SUFFIX,
@@ -49,6 +51,10 @@ KEPT_UPLOADS = "kept"  # <upload_dir>/kept/: ended uploads kept for playback and
 # A file still being written changes between the stats around its hashing; after this many
 # tries it is queued under the last hash, and finalize judges it again if it changed since.
 _HASH_TRIES = 5
+# While the object store cannot take an accepted file, its job waits in the work area and the
+# upload is tried again, at most this long apart.
+_STORE_RETRY_MAX_S = 60.0
+_STORE_ERRORS = (Unreachable, StoreUnavailable, SourceChanged, SourceMissing)
 
 
 def file_stat(path: Path) -> tuple[int, int]:
@@ -69,8 +75,15 @@ class Lifecycle:
         webhooks: WebhooksConfig | None = None,
         max_file_bytes: int | None = None,
         keep_uploads_bytes: int = 0,
+        blobs: S3Blobs | None = None,
+        blobs_config: BlobsConfig | None = None,
+        host_name: str | None = None,
     ) -> None:
         self.queue = queue
+        self.blobs = blobs
+        self.blobs_config = blobs_config or BlobsConfig()
+        # Jobs whose ``origin`` is another host are that host's to place; None places all.
+        self.host_name = host_name
         self.max_file_bytes = max_file_bytes
         self.keep_uploads_bytes = keep_uploads_bytes
         self.inboxes = {inbox.name: inbox for inbox in inboxes}
@@ -80,6 +93,32 @@ class Lifecycle:
         # A backlog found by the startup scan arrives all at once; hashing a few files at a
         # time keeps memory and database contention bounded.
         self._accepting = asyncio.Semaphore(4)
+
+    @classmethod
+    def from_config(
+        cls, config: Config, queue: JobQueue, blobs: S3Blobs | None = None
+    ) -> Lifecycle:
+        """The lifecycle every process of a host shares, whatever its role."""
+        return cls(
+            queue,
+            config.inboxes,
+            config.queue,
+            webhooks=config.webhooks,
+            max_file_bytes=config.limits.max_file_bytes,
+            keep_uploads_bytes=config.api.keep_uploads_bytes,
+            blobs=blobs,
+            blobs_config=config.blobs,
+            host_name=config.host_name,
+        )
+
+    def mine(self, origin: str | None) -> bool:
+        """Whether a job from ``origin`` has its files on this host (None: on any)."""
+        return origin is None or self.host_name is None or origin == self.host_name
+
+    def store(self, path: Path, sha256: str, size: int) -> str | None:
+        """Put accepted bytes in the object store (when one is configured) before their job
+        is committed, so a worker on any host can read them; the object's URL."""
+        return None if self.blobs is None else self.blobs.put_file(path, sha256, size)
 
     def prepare_folders(self) -> None:
         """Create every configured folder (the work area must exist before the first move)."""
@@ -137,9 +176,20 @@ class Lifecycle:
         return name
 
     async def _enqueue(self, inbox: InboxConfig, work_file: Path, job_id: str, ref: str) -> None:
-        created, size, digest = await asyncio.to_thread(
-            self._queue_file, inbox, work_file, job_id, ref, list(inbox.detectors)
-        )
+        delay = 1.0
+        while True:
+            try:
+                created, size, digest = await asyncio.to_thread(
+                    self._queue_file, inbox, work_file, job_id, ref, list(inbox.detectors)
+                )
+                break
+            except _STORE_ERRORS as exc:
+                # The file waits in the work area, unqueued, until the store takes it.
+                log.error(
+                    "%s: the object store did not take it (%s); again in %.0f s", ref, exc, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _STORE_RETRY_MAX_S)
         if created:
             log.info("job %s queued: %s (%d bytes, sha256 %s)", job_id, ref, size, digest[:12])
             self.on_enqueued()
@@ -156,6 +206,7 @@ class Lifecycle:
         """Commit the job of a file in the work area, hashing it unless ``hashed`` (its
         ``_stable_hash``, taken already) is given; (created, size, sha256)."""
         (size, mtime_ns), digest = hashed or _stable_hash(work_file)
+        blob_url = self.store(work_file, digest, size)
         created = self.queue.enqueue(
             job_id=job_id,
             sha256=digest,
@@ -168,6 +219,8 @@ class Lifecycle:
             priority=inbox.priority,
             max_attempts=self.queue_config.max_attempts,
             file_stat=(size, mtime_ns),
+            blob_url=blob_url,
+            origin=self.host_name,
         )
         return created, size, digest
 
@@ -242,21 +295,30 @@ class Lifecycle:
 
     async def sweep_forever(self) -> None:
         """Run ``sweep`` every ``queue.finalize_sweep_s``, for jobs ended at least that long
-        ago (the worker that ended a job normally places its file at once)."""
+        ago (the worker that ended a job normally places its file at once); meanwhile, every
+        ``queue.heartbeat_s``, declare silent workers dead (``fleet.watch_forever``), so that
+        their jobs come back even when no worker is left to notice."""
         period = self.queue_config.finalize_sweep_s
-        while True:
-            await asyncio.sleep(period)
-            try:
-                await self.sweep(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=period))
-            except StorageError as exc:
-                log.warning("finalize sweep failed, will retry: %s", exc)
-            except Exception:
-                log.exception("finalize sweep failed, will retry")
+        watch = asyncio.create_task(fleet.watch_forever(self.queue, self.queue_config))
+        try:
+            while True:
+                await asyncio.sleep(period)
+                try:
+                    await self.sweep(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=period))
+                except StorageError as exc:
+                    log.warning("finalize sweep failed, will retry: %s", exc)
+                except Exception:
+                    log.exception("finalize sweep failed, will retry")
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
 
     def finalize(self, job: JobView) -> None:
         """Put a finished job's file where it belongs, queue its webhooks, and mark it
         finalized. Idempotent: a crash before the mark repeats it all at the next start (so a
         webhook may be sent twice; receivers dedupe)."""
+        if not self.mine(job.origin):
+            return  # another host's files: its own sweep places them
         # The worker that ended the job and the ingest side's sweep (in this process or
         # another) may reach the same job at once: only the one holding the claim moves it.
         if not self.queue.claim_finalize(job.id, FINALIZE_HOLD_S):
@@ -266,6 +328,7 @@ class Lifecycle:
             if current is None or self._rejudge_if_changed(current):
                 return
             self._place_file(current)
+            self._write_back(current)
             if self.webhooks is not None:
                 enqueue_for(self.queue, self.webhooks, current)
             self.queue.mark_finalized(current.id)
@@ -273,6 +336,18 @@ class Lifecycle:
             # Failed, not crashed: the next sweep may try again at once.
             self.queue.release_finalize(job.id)
             raise
+
+    def _write_back(self, job: JobView) -> None:
+        """Store a done job's verdict document in the object store, for pipelines that read
+        results from the bucket rather than the API."""
+        where = self.blobs_config.verdicts
+        if self.blobs is None or where == "off" or job.state is not JobState.DONE:
+            return
+        beside = job.blob_url if where == "beside" and job.source_kind == "s3" else None
+        name = Path(job.output_path or job.work_path or job.source_ref).name
+        doc = verdict_document(job, self.queue.get_video(job.video_sha256), Path(name))
+        url = self.blobs.put_verdict(job.video_sha256, job.id, doc, beside)
+        log.info("job %s: verdict stored at %s", job.id, url)
 
     def _keep_upload(self, job: JobView, copy: Path) -> None:
         """Keep the API's copy of an ended upload under ``<upload_dir>/kept/`` (the desk plays

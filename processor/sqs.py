@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_plus
 
-from aiobotocore.session import AioSession  # type: ignore[import-untyped]
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
+from processor.blobs import ObjectRef, S3Blobs, SourceMissing
 from processor.config import SqsSourceConfig
 from processor.files import fsync_dir
 from storage.queue import JobQueue
@@ -121,8 +121,11 @@ class SqsSource:
         max_file_bytes: int,
         max_attempts: int,
         on_enqueued: Callable[[], None] = lambda: None,
+        blobs: S3Blobs | None = None,
     ) -> None:
         self.config = config
+        # With an object store, objects are referenced where they are, not downloaded here.
+        self.blobs = blobs
         self.queue = queue
         self.max_file_bytes = max_file_bytes
         self.max_attempts = max_attempts
@@ -134,6 +137,9 @@ class SqsSource:
 
     async def open(self) -> None:
         """Create the SQS and S3 clients (credentials from the usual AWS chain)."""
+        # Imported by the hosts that poll a queue, not by every start-up.
+        from aiobotocore.session import AioSession  # type: ignore[import-untyped]
+
         session = AioSession(profile=self.config.profile)
         kwargs = {"region_name": self.config.region, "endpoint_url": self.config.endpoint_url}
         self._sqs = await self._stack.enter_async_context(session.create_client("sqs", **kwargs))
@@ -251,6 +257,9 @@ class SqsSource:
                 "sqs source %s: %s already queued as job %s", self.config.name, obj.ref, job_id
             )
             return
+        if self.blobs is not None:
+            await self._reference(obj)
+            return
         job_dir = self.config.work / job_id
         work_file = job_dir / safe_name(obj.key)
         size, digest = await self._download(obj, work_file)
@@ -275,6 +284,44 @@ class SqsSource:
         job = await asyncio.to_thread(self.queue.get, job_id)
         if job is None or job.finalized_at is not None:
             await asyncio.to_thread(_remove, work_file)
+
+    async def _reference(self, obj: S3Object) -> None:
+        """Queue a job that names the object itself: its bytes are read once here for their
+        sha256 (nothing is kept), and the worker reads them again with ``If-Match`` on the
+        ETag hashed here, so bytes replaced in between are never judged under this hash."""
+        assert self.blobs is not None
+        ref = ObjectRef(obj.bucket, obj.key, obj.version_id)
+        try:
+            size, digest, etag = await asyncio.to_thread(
+                self.blobs.hash_object, ref, self.max_file_bytes
+            )
+        except SourceMissing as exc:
+            raise Poison(f"object gone: {obj.ref}") from exc
+        except ValueError as exc:
+            raise Poison(f"object too large: {obj.ref}: {exc}") from exc
+        if obj.etag and obj.etag.strip('"') != etag.strip('"'):
+            # Replaced since this notification was sent: the replacement's own notification
+            # makes its job, and these bytes are not the ones this one announced.
+            log.info("sqs source %s: %s was replaced since; skipped", self.config.name, obj.ref)
+            return
+        created = await asyncio.to_thread(
+            self.queue.enqueue,
+            job_id=obj.job_id,
+            sha256=digest,
+            size_bytes=size,
+            source_kind="s3",
+            source_ref=obj.ref,
+            detectors=list(self.config.detectors),
+            priority=self.config.priority,
+            max_attempts=self.max_attempts,
+            blob_url=ref.url,
+            blob_etag=etag,
+        )
+        if created:
+            log.info(
+                "job %s queued: %s (%d bytes, sha256 %s)", obj.job_id, obj.ref, size, digest[:12]
+            )
+            self.on_enqueued()
 
     async def _download(self, obj: S3Object, dest: Path) -> tuple[int, str]:
         """Stream the object to ``dest`` under the byte cap; returns (size, sha256)."""

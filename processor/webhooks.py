@@ -1,10 +1,11 @@
 """Webhooks: an HTTP POST to each configured receiver when a job ends (and, for receivers that
 ask for ``reviewed``, when a person reviews one).
 
-Deliveries go through an outbox table: a finished job adds its rows, and a dispatcher task sends
-them, retrying with exponential back-off. Inference never waits for a receiver, a restart loses
-no delivery, and every attempt is recorded. Delivery is at least once: receivers should dedupe on
-the ``X-Drishtiksha-Delivery`` header.
+Deliveries go through an outbox table (``storage.deliveries``): a finished job adds its rows,
+and a dispatcher task in every running process sends them, retrying with capped exponential
+back-off for ``retry_for_s``, then parking a delivery as dead until someone sends it again.
+Inference never waits for a receiver, a restart loses no delivery, and every attempt is recorded.
+Delivery is at least once: receivers should dedupe on the ``X-Drishtiksha-Delivery`` header.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from processor.config import WebhooksConfig
 from processor.verdict import job_verdict
+from storage.deliveries import Deliveries, Delivery, DeliveryView
 from storage.errors import StorageError
-from storage.queue import Delivery, JobQueue, JobView
+from storage.queue import JobQueue, JobView
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +77,36 @@ def enqueue_for(queue: JobQueue, config: WebhooksConfig, job: JobView) -> None:
     """Add the deliveries a finished job owes to the outbox."""
     urls = [t.url for t in config.targets if job.state.value in t.events]
     if urls:
-        queue.add_deliveries(job.id, f"job.{job.state.value}", event_payload(job), urls)
+        Deliveries(queue).add(job.id, f"job.{job.state.value}", event_payload(job), urls)
+
+
+def retry_delay(config: WebhooksConfig, attempts: int) -> float | None:
+    """Seconds to wait after the ``attempts``-th failed try in a row, or None when the
+    delivery is to be parked: the next try would come more than ``retry_for_s`` after the
+    first, or ``max_attempts`` is reached.
+
+    The period is counted in the waits of this schedule, not by the clock, so time the daemon
+    was down (or a re-send by hand, which starts the count again) never uses it up."""
+    if config.max_attempts is not None and attempts >= config.max_attempts:
+        return None
+    # The waits are base, 2 base, 4 base, ... up to the cap, then the cap each time: add up
+    # the ``attempts - 1`` already waited without a step per capped one.
+    waited = 0.0
+    delay = min(config.retry_base_s, config.retry_max_s)
+    waits = attempts - 1
+    while waits > 0 and delay < config.retry_max_s:
+        waited += delay
+        delay = min(delay * 2, config.retry_max_s)
+        waits -= 1
+    waited += waits * delay
+    return delay if waited + delay <= config.retry_for_s else None
 
 
 class Dispatcher:
     """Sends due deliveries until stopped."""
 
     def __init__(self, queue: JobQueue, config: WebhooksConfig) -> None:
-        self.queue = queue
+        self.deliveries = Deliveries(queue)
         self.config = config
         self._secrets = {t.url: t.secret for t in config.targets}
 
@@ -92,7 +117,7 @@ class Dispatcher:
             while not stop.is_set():
                 try:
                     due = await asyncio.to_thread(
-                        self.queue.take_deliveries, 16, self.config.timeout_s * 2
+                        self.deliveries.take, 16, self.config.timeout_s * 2
                     )
                 except StorageError as exc:
                     log.warning("webhook outbox unavailable, will retry: %s", exc)
@@ -118,6 +143,8 @@ class Dispatcher:
             headers["X-Drishtiksha-Signature"] = sign(secret, stamp, body)
         status: int | None = None
         error: str | None = None
+        attempted_at = dt.datetime.now(dt.UTC)
+        start = time.monotonic()
         try:
             async with session.post(delivery.url, data=body, headers=headers) as resp:
                 status = resp.status
@@ -125,26 +152,79 @@ class Dispatcher:
                     error = f"HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        elapsed_s = time.monotonic() - start
         retry_at = None
-        if error is not None and delivery.attempts < self.config.max_attempts:
-            delay = self.config.retry_base_s * 2 ** (delivery.attempts - 1)
-            retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
         if error is not None:
+            delay = retry_delay(self.config, delivery.attempts)
+            if delay is not None:
+                retry_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+            then = (
+                f"retry in {delay:g} s"
+                if delay is not None
+                else f"parked as dead (`drishtiksha webhooks retry {delivery.id}` sends it again)"
+            )
             log.warning(
-                "webhook %s for job %s to %s failed (attempt %d): %s%s",
+                "webhook %s for job %s to %s failed (attempt %d): %s; %s",
                 delivery.id,
                 delivery.job_id,
                 delivery.url,
                 delivery.attempts,
                 error,
-                "" if retry_at else "; giving up",
+                then,
             )
         try:
             await asyncio.to_thread(
-                lambda: self.queue.delivery_done(
-                    delivery.id, status=status, error=error, retry_at=retry_at
+                lambda: self.deliveries.record(
+                    delivery.id,
+                    attempted_at=attempted_at,
+                    elapsed_s=elapsed_s,
+                    status=status,
+                    error=error,
+                    retry_at=retry_at,
                 )
             )
         except StorageError as exc:
             # The hold on the row expires and it is sent again: at least once.
             log.warning("could not record webhook %s: %s", delivery.id, exc)
+
+
+def delivery_document(
+    delivery: DeliveryView, *, full_url: bool = True, history: bool = False
+) -> dict[str, Any]:
+    """A delivery as the API and ``drishtiksha webhooks list --json`` show it. Without
+    ``full_url`` the receiver's URL is cut to its scheme and host: hook URLs often carry a
+    token in their path or query."""
+    doc: dict[str, Any] = {
+        "id": delivery.id,
+        "job_id": delivery.job_id,
+        "event": delivery.event,
+        "url": delivery.url if full_url else _origin(delivery.url),
+        "state": delivery.state.value,
+        "attempts": delivery.attempts,
+        "last_status": delivery.last_status,
+        "last_error": delivery.last_error,
+        "created_at": _iso(delivery.created_at),
+        "next_attempt_at": _iso(delivery.next_attempt_at),
+        "delivered_at": _iso(delivery.delivered_at),
+        "dead_at": _iso(delivery.dead_at),
+    }
+    if history:
+        doc["history"] = [
+            {
+                "at": _iso(a.attempted_at),
+                "status": a.status,
+                "error": a.error,
+                "elapsed_s": round(a.elapsed_s, 3),
+            }
+            for a in delivery.history
+        ]
+    return doc
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

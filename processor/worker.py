@@ -14,12 +14,16 @@ import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
 from detectors.base import DetectorResult
 from detectors.errors import DetectorError, MediaError
+from processor import fleet
+from processor.blobs import Unreachable, drop_scratch, scratch_dir
 from processor.config import BatchingConfig, FusionConfig, QueueConfig
+from processor.gc import prune_scratch
 from processor.lifecycle import Lifecycle
 from processor.pipeline import Outcome, Pipeline, PreparedVideo
 from processor.verdict import overall_verdict
@@ -29,6 +33,16 @@ from storage.queue import Claimed, JobQueue, NewResult, WorkerView
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# After finding a job's bytes out of its reach, a worker claims nothing for this long: another
+# worker may take the job meanwhile, and a misconfigured one does not spin on it.
+UNREACHABLE_PAUSE_S = 30.0
+
+
+def _suffix(job: Claimed) -> str:
+    """The original file's extension (sniffing by name, as c2pa's reader does, needs it)."""
+    suffix = Path(job.source_ref.split("?", 1)[0]).suffix
+    return suffix if suffix[1:].isalnum() and len(suffix) <= 9 else ""
 
 
 @dataclass
@@ -70,6 +84,24 @@ def _new_result(key: str, pipeline: Pipeline, outcome: Outcome, elapsed: float) 
     )
 
 
+def capabilities(pipeline: Pipeline, device: str | None) -> dict[str, Any]:
+    """What a worker can run, published with every heartbeat: each loaded detector's version
+    and weights, the device, and this package's version."""
+    try:
+        version = metadata.version("drishtiksha")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "detectors": {
+            key: {"version": det.version, "weights_id": det.weights_id}
+            for key, det in pipeline.detectors.items()
+        },
+        "device": device,
+        "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "version": version,
+    }
+
+
 def gone_here(workers: list[WorkerView], host: str) -> list[WorkerView]:
     """Workers on ``host`` that never stopped cleanly and whose process no longer exists. (In
     another PID namespace under the same host name a live worker would look gone: it then only
@@ -100,6 +132,8 @@ class Worker:
         queue_config: QueueConfig,
         worker_id: str,
         fusion: FusionConfig,
+        *,
+        device: str | None = None,
     ) -> None:
         self.queue = queue
         self.pipeline = pipeline
@@ -108,6 +142,8 @@ class Worker:
         self.qc = queue_config
         self.worker_id = worker_id
         self.fusion = fusion
+        self.device = device
+        self._capabilities: dict[str, Any] = {}  # filled in when it starts
         self.wake = asyncio.Event()
         self._drained = asyncio.Event()
         self.held: dict[str, Claimed] = {}
@@ -119,20 +155,35 @@ class Worker:
         self._prepare_pool = ThreadPoolExecutor(batching.prepare_workers, "prepare")
         # One device thread: batches run one after another, so the device is never shared.
         self._device_pool = ThreadPoolExecutor(1, "device")
+        # Heartbeats and lease renewals each have a thread of their own: queued behind hashing
+        # or rendering on the shared pool, a live worker would be declared dead.
+        self._beat_pool = ThreadPoolExecutor(1, "heartbeat")
+        self._lease_pool = ThreadPoolExecutor(1, "lease")
+        self._renew_now = asyncio.Event()
+        self._next_reap = 0.0  # time.monotonic() of the claim loop's next look for the dead
+        # Why this worker cannot read jobs' bytes (its own setup), until it reads some again;
+        # while set it is not ready, and it claims nothing until ``_pause_until``.
+        self.problem: str | None = None
+        # The name this host goes by in the queue (``host_name``; the machine's by default).
+        self._host = lifecycle.host_name or socket.gethostname()
+        self._pause_until = 0.0
 
     def alive(self) -> bool:
-        """The claim, batch and lease loops all run and the last heartbeat is within a lease."""
+        """The claim, batch, lease and heartbeat loops all run, and a heartbeat was recorded
+        within ``queue.dead_after_s`` (past that, other processes declare this worker dead)."""
         beat = self.last_heartbeat
         return (
             bool(self._loops)
             and not any(task.done() for task in self._loops)
             and beat is not None
-            and time.monotonic() - beat < self.qc.lease_s
+            and time.monotonic() - beat < self.qc.dead_after_s
         )
 
     def _drop(self, job_id: str) -> None:
-        """Forget a job this worker no longer holds."""
+        """Forget a job this worker no longer holds, and the bytes it fetched for it."""
         self.held.pop(job_id, None)
+        if self.lifecycle.blobs is not None:
+            drop_scratch(self.lifecycle.blobs_config, job_id)
         if not self.held:
             self._drained.set()
 
@@ -146,15 +197,18 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then drain for the grace period and release the rest."""
+        self._capabilities = capabilities(self.pipeline, self.device)
         await self._heartbeat()
         try:
             await self._io(self._reclaim_from_the_dead)
+            await self._io(self._prune_scratch)
         except StorageError as exc:
             log.warning("could not look for dead workers on this host: %s", exc)
         loops = self._loops = [
             asyncio.create_task(self._claim_loop(stop), name="claim"),
             asyncio.create_task(self._batch_loop(), name="batch"),
             asyncio.create_task(self._lease_loop(), name="lease"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         ]
         try:
             await stop.wait()
@@ -174,14 +228,24 @@ class Worker:
                     await self._io(self.queue.release, self.worker_id, list(self.held))
                 self.held.clear()
             with contextlib.suppress(StorageError):
-                await self._io(self.queue.worker_stopped, self.worker_id)
-            self._prepare_pool.shutdown(wait=False, cancel_futures=True)
-            self._device_pool.shutdown(wait=False, cancel_futures=True)
+                # On the heartbeat's thread, after any beat still in flight, which would
+                # otherwise mark the worker alive again.
+                await asyncio.get_running_loop().run_in_executor(
+                    self._beat_pool, self.queue.worker_stopped, self.worker_id
+                )
+            for pool in (self._prepare_pool, self._device_pool, self._beat_pool, self._lease_pool):
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    def _prune_scratch(self) -> None:
+        """Bytes fetched by a worker of this host that died mid-job are nobody's now."""
+        if self.lifecycle.blobs is not None:
+            for item in prune_scratch(self.lifecycle.blobs_config.scratch, self.queue):
+                log.info("removed %s: %s", item.path, item.why)
 
     def _reclaim_from_the_dead(self) -> None:
         """After a crash (kill -9, out of memory) the restarted worker would otherwise wait a
         whole lease before redoing the dead one's jobs."""
-        for dead in gone_here(self.queue.workers(self.qc.lease_s), socket.gethostname()):
+        for dead in gone_here(self.queue.workers(self.qc.lease_s), self._host):
             ended = self.queue.expire_leases(dead.id)
             log.warning(
                 "worker %s (pid %d on this host) is gone; %d of its jobs can be claimed now",
@@ -192,10 +256,13 @@ class Worker:
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         capacity = self.batching.max_videos * 2
+        loaded = sorted(self.pipeline.detectors)
         while not stop.is_set():
+            await self._reap()
             # A solo job (its last worker died with others held) runs with nothing beside it.
             solo = any(job.solo for job in self.held.values())
-            free = 0 if solo else capacity - len(self.held)
+            paused = time.monotonic() < self._pause_until
+            free = 0 if solo or paused else capacity - len(self.held)
             claimed: list[Claimed] = []
             if free > 0:
                 try:
@@ -206,6 +273,7 @@ class Worker:
                             free,
                             self.qc.lease_s,
                             busy=bool(self.held),
+                            detectors=loaded,
                         )
                     )
                 except StorageError as exc:
@@ -225,24 +293,63 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self.qc.poll_s)
 
-    async def _heartbeat(self) -> None:
+    async def _reap(self) -> None:
+        """At most once per heartbeat, declare silent workers dead so that their jobs can be
+        claimed now."""
+        if time.monotonic() < self._next_reap:
+            return
+        self._next_reap = time.monotonic() + self.qc.heartbeat_s
         try:
-            await self._io(
-                self.queue.heartbeat, self.worker_id, socket.gethostname(), os.getpid(), "worker"
-            )
-            self.last_heartbeat = time.monotonic()
+            await self._io(functools.partial(fleet.reap, self.queue, self.qc, spare=self.worker_id))
+        except StorageError as exc:
+            log.warning("looking for dead workers failed, will retry: %s", exc)
+
+    async def _heartbeat(self) -> None:
+        beat = functools.partial(
+            self.queue.heartbeat,
+            self.worker_id,
+            self._host,
+            os.getpid(),
+            "worker",
+            # A copy: the event loop may change the document while the beat thread writes it.
+            capabilities=dict(self._capabilities),
+            dead_after_s=self.qc.dead_after_s,
+        )
+        started = time.monotonic()
+        try:
+            revived = await asyncio.get_running_loop().run_in_executor(self._beat_pool, beat)
         except StorageError as exc:
             log.warning("heartbeat failed, will retry: %s", exc)
+            return
+        self.last_heartbeat = started
+        if revived:
+            # Silent too long (paused, cut off from the database): another process declared it
+            # dead and ended its leases. It goes on; its held jobs are dropped at once.
+            log.warning(
+                "this worker was declared dead after a silence of over %g s; its jobs are "
+                "lost to other workers",
+                self.qc.dead_after_s,
+            )
+            self._renew_now.set()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.qc.heartbeat_s)
+            await self._heartbeat()
 
     async def _lease_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.qc.lease_s / 3)
-            await self._heartbeat()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._renew_now.wait(), self.qc.lease_s / 3)
+            self._renew_now.clear()
             ids = list(self.held)
             if not ids:
                 continue
             try:
-                still = await self._io(self.queue.renew, self.worker_id, ids, self.qc.lease_s)
+                still = await loop.run_in_executor(
+                    self._lease_pool, self.queue.renew, self.worker_id, ids, self.qc.lease_s
+                )
             except StorageError as exc:
                 log.warning("lease renewal failed, will retry: %s", exc)
                 continue
@@ -256,11 +363,11 @@ class Worker:
             if not remaining:
                 await self._complete(job, cached)
                 return
-            if job.work_path is None:
-                raise MediaError("the job has no file to read")
             loop = asyncio.get_running_loop()
+            path = await loop.run_in_executor(self._prepare_pool, self._bytes_of, job)
+            self._set_problem(None)
             prepared = await loop.run_in_executor(
-                self._prepare_pool, self.pipeline.prepare, Path(job.work_path), remaining
+                self._prepare_pool, self.pipeline.prepare, path, remaining
             )
             info = prepared.info
             await self._io(
@@ -275,6 +382,8 @@ class Worker:
                 )
             )
             await self._ready.put(_Ready(job, prepared, cached))
+        except Unreachable as exc:
+            await self._unreachable(job, exc)
         except DetectorError as exc:
             await self._failed(job, exc)
         except StorageError as exc:
@@ -282,6 +391,55 @@ class Worker:
         except Exception as exc:
             log.exception("job %s: unexpected error while preparing", job.id)
             await self._failed(job, DetectorError(f"internal error: {type(exc).__name__}: {exc}"))
+
+    def _bytes_of(self, job: Claimed) -> Path:
+        """Where this worker reads the job's bytes: the file itself when the job came from this
+        host, else a copy fetched from the object store into scratch (sha256 checked)."""
+        local = Path(job.work_path) if job.work_path else None
+        here = local is not None and self.lifecycle.mine(job.origin)
+        if local is not None and here and (job.blob_url is None or local.exists()):
+            return local
+        if job.blob_url is not None:
+            blobs = self.lifecycle.blobs
+            if blobs is None:
+                raise Unreachable(
+                    f"its bytes are at {job.blob_url} and this worker has blobs.kind local; "
+                    "give every host the same blobs section"
+                )
+            dest = scratch_dir(self.lifecycle.blobs_config, job.id) / ("video" + _suffix(job))
+            blobs.fetch(job.blob_url, job.blob_etag, job.video_sha256, dest)
+            return dest
+        if local is None:
+            raise MediaError("the job has no file to read")
+        raise Unreachable(
+            f"its file {local} is on host {job.origin}, which this worker cannot read; "
+            "use blobs.kind s3 on every host (or run workers on that host)"
+        )
+
+    def _set_problem(self, problem: str | None) -> None:
+        self.problem = problem
+        if problem is None:
+            self._capabilities.pop("problem", None)
+        else:
+            self._capabilities["problem"] = problem
+
+    async def _unreachable(self, job: Claimed, exc: Unreachable) -> None:
+        """The job's bytes are out of this worker's reach through no fault of the video: give
+        the job back uncharged for a worker that can read them, and stop claiming a while."""
+        log.error(
+            "job %s: this worker cannot read its bytes: %s; released for another worker "
+            "(attempt not counted), no claims for %.0f s",
+            job.id,
+            exc,
+            UNREACHABLE_PAUSE_S,
+        )
+        self._set_problem(str(exc))
+        self._pause_until = time.monotonic() + UNREACHABLE_PAUSE_S
+        try:
+            await self._io(self.queue.release, self.worker_id, [job.id])
+        except StorageError:
+            log.exception("job %s: could not release it; its lease will run out", job.id)
+        self._drop(job.id)
 
     def _cached_results(self, job: Claimed) -> tuple[list[NewResult], list[str]]:
         """Reuse stored results for the same bytes, detector version and weights."""

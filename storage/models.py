@@ -146,6 +146,8 @@ class Job(Base):
     # If-Match: blob_etag when set, so a replaced object is never judged under the old hash (0007).
     blob_url: Mapped[str | None]
     blob_etag: Mapped[str | None] = mapped_column(String(255))
+    # The host (``Config.host_name``) whose files these are: only it places them (0007).
+    origin: Mapped[str | None] = mapped_column(String(255))
     # ``detectors`` sorted and comma-joined: a worker claims only jobs it can run (0007).
     detector_set: Mapped[str] = mapped_column(default="", server_default="")
     created_at: Mapped[dt.datetime]
@@ -197,8 +199,9 @@ class WorkerRow(Base):
 
 
 class WebhookDelivery(Base):
-    """One callback to send (an outbox row): kept until delivered or given up, so a restart
-    loses no notification and a slow receiver never holds up the worker."""
+    """One callback to send (an outbox row): kept, delivered or not (a delivery that failed
+    for the whole retry period is parked, never dropped), so a restart loses no notification
+    and a slow receiver never holds up the worker."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (Index("ix_webhook_deliveries_due", "delivered_at", "next_attempt_at"),)

@@ -1,11 +1,12 @@
 """The durable job queue: jobs claimed by workers under time-limited leases.
 
-A worker that dies simply lets its leases run out and another worker reclaims the jobs. Every
+A worker that dies lets its leases run out and another worker reclaims the jobs; sooner, any
+process that finds it silent past its own ``dead_after_s`` ends them (``expire_dead``). Every
 change a worker makes to a job it claimed is conditional on still holding a live lease on it, so a
 worker that lost its lease can never overwrite the work of the one that took the job over.
 
 Times come from Python's UTC clock, never the database's; hosts sharing a Postgres queue need
-clocks in sync to well within a lease.
+clocks in sync to well within a lease and a worker's ``dead_after_s``.
 
 Failures: on SQLite, writers serialize on the database's write lock (``BEGIN IMMEDIATE`` waits up
 to the busy timeout) and a write that still finds it locked is rerun a few times; if it stays
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import itertools
 import random
 import sqlite3
 import time
@@ -39,6 +41,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -47,7 +50,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, selectinload
 
 from storage.db import write_engine
 from storage.errors import StorageBusy, StorageUnavailable
-from storage.models import Job, JobResult, Video, WebhookDelivery, WorkerRow
+from storage.models import Job, JobResult, Video, WorkerRow
 
 # detectors.base.Label.ABSTAIN: the detector could not judge the video (no face, an error), which
 # is not a verdict to reuse; find_cached skips such results.
@@ -64,6 +67,9 @@ _BUSY_BACKOFF_S = 0.05
 _PG_BUSY_STATES = frozenset({"40001", "40P01", "55P03"})
 # Enough ids per IN (...) for speed, well below every driver's limit on bound parameters.
 _IN_CHUNK = 500
+# A claim lists every subset of the worker's detectors (2^n - 1 of them, 255 for 8 keys);
+# a worker with more loaded is matched on the jobs' JSON lists instead.
+_SUBSET_KEYS = 8
 
 _T = TypeVar("_T")
 
@@ -151,6 +157,9 @@ class JobView:
     # The overall verdict as fused when the job finished (None unless done).
     verdict: dict[str, Any] | None = None
     results: list[StoredResult] = field(default_factory=list)
+    blob_url: str | None = None  # the object any host can fetch the bytes from
+    blob_etag: str | None = None  # read with If-Match: this, when set
+    origin: str | None = None  # the host whose files these are (None: any)
 
 
 @dataclass(frozen=True)
@@ -166,32 +175,20 @@ class WorkerView:
     stopped_at: dt.datetime | None
     alive: bool  # heartbeat recent enough and not stopped
     held_jobs: list[str]
+    # {"detectors": {key: {"version", "weights_id"}}, "device", "version"}; None: not published.
+    capabilities: dict[str, Any] | None = None
+    dead_after_s: float | None = None  # None: the reader's default applies
 
 
 @dataclass(frozen=True)
-class Delivery:
-    """A webhook delivery taken for sending."""
+class DeadWorker:
+    """A worker ``expire_dead`` declared dead."""
 
-    id: int
-    job_id: str
-    url: str
-    event: str
-    payload: dict[str, Any]
-    attempts: int  # including this one
-
-
-@dataclass(frozen=True)
-class DeliveryView:
-    """A webhook delivery as recorded."""
-
-    id: int
-    url: str
-    event: str
-    attempts: int
-    last_status: int | None
-    last_error: str | None
-    delivered_at: dt.datetime | None
-    next_attempt_at: dt.datetime | None  # None once delivered or given up
+    id: str
+    host: str
+    pid: int
+    heartbeat_at: dt.datetime  # its last
+    leases_ended: int
 
 
 @dataclass(frozen=True)
@@ -205,6 +202,9 @@ class Claimed:
     detectors: list[str]
     attempts: int  # including this one
     solo: bool = False  # to be run with no other job held (see ``JobQueue.claim``)
+    blob_url: str | None = None
+    blob_etag: str | None = None
+    origin: str | None = None
 
 
 class JobQueue:
@@ -230,6 +230,7 @@ class JobQueue:
         file_stat: tuple[int, int] | None = None,
         blob_url: str | None = None,
         blob_etag: str | None = None,
+        origin: str | None = None,
     ) -> bool:
         """Insert the video row (if new) and the job row in one transaction. Idempotent on
         ``job_id``: returns False (and changes nothing) when the job already exists.
@@ -251,6 +252,7 @@ class JobQueue:
                 "detector_set": detector_set(detectors),
                 "blob_url": blob_url,
                 "blob_etag": blob_etag,
+                "origin": origin,
                 "state": JobState.QUEUED,
                 "priority": priority,
                 "attempts": 0,
@@ -271,7 +273,13 @@ class JobQueue:
         return True
 
     def claim(
-        self, worker_id: str, limit: int, lease_s: float, *, busy: bool = False
+        self,
+        worker_id: str,
+        limit: int,
+        lease_s: float,
+        *,
+        busy: bool = False,
+        detectors: Collection[str] | None = None,
     ) -> list[Claimed]:
         """Take up to ``limit`` runnable jobs, highest priority then oldest first. Runnable:
         state queued with run_after <= now, or state running with an expired lease (reclaimed
@@ -285,9 +293,14 @@ class JobQueue:
         nothing else (``busy`` False), alone, and while one waits busy workers take nothing new,
         so it soon runs by itself; only a crash then counts, and a solo job that has used up its
         attempts is failed with error_code 'max_attempts' instead of being returned.
+
+        ``detectors``: the keys this worker has loaded; only jobs whose detectors are all among
+        them are taken, solo ones included (a solo job it cannot run does not hold it back).
+        None takes any job. A job no live worker can run stays queued (see ``stranded``).
         """
         if limit <= 0:
             return []
+        fits = _runnable_with(self.engine.dialect.name, detectors)
 
         def work(conn: Connection) -> list[Claimed]:
             now = _now()
@@ -324,13 +337,15 @@ class JobQueue:
                 and_(expired, Job.attempts < Job.max_attempts),
             )
             order = (Job.priority.desc(), Job.created_at, Job.id)
-            solo = select(Job.id).where(runnable, Job.solo.is_(True)).order_by(*order).limit(1)
+            solo = (
+                select(Job.id).where(runnable, fits, Job.solo.is_(True)).order_by(*order).limit(1)
+            )
             if conn.execute(solo).first() is not None:
                 if busy:
                     return []
                 chosen = solo
             else:
-                chosen = select(Job.id).where(runnable).order_by(*order).limit(limit)
+                chosen = select(Job.id).where(runnable, fits).order_by(*order).limit(limit)
             rows = conn.execute(
                 update(Job)
                 .where(_ids_in(conn, chosen))
@@ -351,6 +366,9 @@ class JobQueue:
                     Job.priority,
                     Job.created_at,
                     Job.solo,
+                    Job.blob_url,
+                    Job.blob_etag,
+                    Job.origin,
                 )
             ).all()
             return [
@@ -362,6 +380,9 @@ class JobQueue:
                     detectors=list(r.detectors),
                     attempts=r.attempts,
                     solo=r.solo,
+                    blob_url=r.blob_url,
+                    blob_etag=r.blob_etag,
+                    origin=r.origin,
                 )
                 # RETURNING comes back in no particular order.
                 for r in sorted(rows, key=lambda r: (-r.priority, r.created_at, r.id))
@@ -504,17 +525,62 @@ class JobQueue:
 
         def work(conn: Connection) -> int:
             now = _now()
-            ended = conn.execute(
-                update(Job)
-                .where(Job.state == JobState.RUNNING, Job.lease_owner == worker_id)
-                .values(lease_expires=now)
-            )
+            ended = _end_leases(conn, worker_id, now)
             conn.execute(
                 update(WorkerRow)
                 .where(WorkerRow.id == worker_id, WorkerRow.stopped_at.is_(None))
                 .values(stopped_at=now)
             )
-            return int(ended.rowcount)
+            return ended
+
+        return self._write(work)
+
+    def expire_dead(
+        self, default_dead_after_s: float, *, spare: str | None = None
+    ) -> list[DeadWorker]:
+        """Declare dead every worker not stopped whose last heartbeat is older than its own
+        ``dead_after_s`` (``default_dead_after_s`` for a row that records none): end its leases
+        now and mark it stopped, a crash as in ``expire_leases``. ``spare`` (the caller's own id)
+        is never declared dead. A worker that beats again after all (it was only paused) just
+        finds its leases lost. Only a read unless somebody looks dead."""
+        with self._read() as session:
+            rows = session.execute(
+                select(
+                    WorkerRow.id,
+                    WorkerRow.host,
+                    WorkerRow.pid,
+                    WorkerRow.heartbeat_at,
+                    WorkerRow.dead_after_s,
+                ).where(WorkerRow.stopped_at.is_(None))
+            ).all()
+        now = _now()
+        suspects = [
+            r
+            for r in rows
+            if r.id != spare
+            and not _beating(r.heartbeat_at, r.dead_after_s, default_dead_after_s, now)
+        ]
+        if not suspects:
+            return []
+
+        def work(conn: Connection) -> list[DeadWorker]:
+            now = _now()
+            dead: list[DeadWorker] = []
+            for r in suspects:
+                # Unchanged since it was read: a heartbeat that came in between saves it.
+                marked = conn.execute(
+                    update(WorkerRow)
+                    .where(
+                        WorkerRow.id == r.id,
+                        WorkerRow.stopped_at.is_(None),
+                        WorkerRow.heartbeat_at == r.heartbeat_at,
+                    )
+                    .values(stopped_at=now)
+                )
+                if marked.rowcount == 1:
+                    ended = _end_leases(conn, r.id, now)
+                    dead.append(DeadWorker(r.id, r.host, r.pid, r.heartbeat_at, ended))
+            return dead
 
         return self._write(work)
 
@@ -538,11 +604,14 @@ class JobQueue:
 
         def work(conn: Connection) -> bool:
             final = (JobState.FAILED, JobState.CANCELLED)
+            # Jobs that ended before migration 0007 have no detector set, and a claim needs it.
+            detectors = conn.scalar(select(Job.detectors).where(Job.id == job_id)) or []
             requeued = conn.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state.in_(final))
                 .values(
                     state=JobState.QUEUED,
+                    detector_set=detector_set(detectors),
                     attempts=0,
                     lease_owner=None,
                     lease_expires=None,
@@ -732,38 +801,60 @@ class JobQueue:
                 known.update(session.scalars(select(Job.id).where(Job.id.in_(chunk))))
         return known
 
-    def heartbeat(self, worker_id: str, host: str, pid: int, role: str) -> None:
-        """Record that this worker is alive (the first call registers it)."""
-        now = _now()
+    def heartbeat(
+        self,
+        worker_id: str,
+        host: str,
+        pid: int,
+        role: str,
+        *,
+        capabilities: Mapping[str, Any] | None = None,
+        dead_after_s: float | None = None,
+    ) -> bool:
+        """Record that this worker is alive (the first call registers it), with what it can
+        run (``capabilities``: {"detectors": {key: {"version", "weights_id"}}, "device",
+        "version"}) and after how long a silence others may declare it dead. True when it had
+        been marked stopped meanwhile (declared dead, see ``expire_dead``): its leases are lost.
+        """
 
-        def beat(conn: Connection) -> None:
-            seen = conn.execute(
-                update(WorkerRow)
-                .where(WorkerRow.id == worker_id)
-                .values(heartbeat_at=now, stopped_at=None)
+        def beat(conn: Connection) -> bool:
+            now = _now()
+            # Locked on Postgres, so that a concurrent expire_dead is seen either way.
+            stopped = conn.execute(
+                select(WorkerRow.stopped_at).where(WorkerRow.id == worker_id).with_for_update()
+            ).first()
+            values: dict[str, Any] = {"heartbeat_at": now, "stopped_at": None}
+            if capabilities is not None:
+                values["capabilities"] = dict(capabilities)
+            if dead_after_s is not None:
+                values["dead_after_s"] = dead_after_s
+            if stopped is not None:
+                conn.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(values))
+                return stopped.stopped_at is not None
+            _insert_if_absent(
+                conn,
+                WorkerRow.id,
+                {
+                    **values,
+                    "id": worker_id,
+                    "host": host,
+                    "pid": pid,
+                    "role": role,
+                    "started_at": now,
+                },
             )
-            if seen.rowcount == 0:
-                _insert_if_absent(
-                    conn,
-                    WorkerRow.id,
-                    {
-                        "id": worker_id,
-                        "host": host,
-                        "pid": pid,
-                        "role": role,
-                        "started_at": now,
-                        "heartbeat_at": now,
-                    },
-                )
+            return False
 
-        self._write(beat)
+        return self._write(beat)
 
     def worker_stopped(self, worker_id: str) -> None:
         """A clean shutdown: the worker no longer counts as alive."""
         self._execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(stopped_at=_now()))
 
     def workers(self, alive_within_s: float) -> list[WorkerView]:
-        """Every known worker, newest heartbeat first, with the jobs it holds leases on."""
+        """Every known worker, newest heartbeat first, with the jobs it holds leases on. Alive:
+        not stopped, and heard from within its own ``dead_after_s`` (``alive_within_s`` for a
+        row that records none)."""
         now = _now()
         with self._read() as session:
             rows = session.scalars(select(WorkerRow).order_by(WorkerRow.heartbeat_at.desc()))
@@ -782,114 +873,47 @@ class JobQueue:
                     heartbeat_at=w.heartbeat_at,
                     stopped_at=w.stopped_at,
                     alive=w.stopped_at is None
-                    and (now - w.heartbeat_at).total_seconds() <= alive_within_s,
+                    and _beating(w.heartbeat_at, w.dead_after_s, alive_within_s, now),
                     held_jobs=sorted(held.get(w.id, [])),
+                    capabilities=w.capabilities,
+                    dead_after_s=w.dead_after_s,
                 )
                 for w in rows
             ]
 
-    def add_deliveries(
-        self, job_id: str, event: str, payload: dict[str, Any], urls: list[str]
-    ) -> None:
-        """Queue one webhook delivery per URL, due now."""
+    def stranded(self, alive_within_s: float) -> dict[str, int]:
+        """Queued jobs that no live worker can run (each lacks one of their detectors), counted
+        per ``detector_set``. They stay queued until a worker with those detectors starts. A
+        live worker that publishes no capabilities (an older version) takes any job, and then
+        nothing is stranded. ``alive_within_s`` as in ``workers``."""
         now = _now()
-        rows = [
-            {
-                "job_id": job_id,
-                "url": url,
-                "event": event,
-                "payload": payload,
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-            }
-            for url in urls
-        ]
-        if rows:
-            self._write(lambda conn: conn.execute(insert(WebhookDelivery), rows))
-
-    def take_deliveries(self, limit: int, hold_s: float) -> list[Delivery]:
-        """Due deliveries, each held for ``hold_s`` (its next attempt moved past the send) so
-        that two dispatchers never send the same one at once."""
-        now = _now()
-
-        def take(conn: Connection) -> list[Delivery]:
-            due = (
-                select(WebhookDelivery.id)
-                .where(
-                    WebhookDelivery.delivered_at.is_(None),
-                    WebhookDelivery.next_attempt_at <= now,
-                )
-                .order_by(WebhookDelivery.next_attempt_at)
-                .limit(limit)
-            )
-            if conn.dialect.name == "postgresql":
-                due = due.with_for_update(skip_locked=True)
-            ids = list(conn.scalars(due))
-            if not ids:
-                return []
-            rows = conn.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id.in_(ids))
-                .values(
-                    attempts=WebhookDelivery.attempts + 1,
-                    next_attempt_at=now + dt.timedelta(seconds=hold_s),
-                )
-                .returning(
-                    WebhookDelivery.id,
-                    WebhookDelivery.job_id,
-                    WebhookDelivery.url,
-                    WebhookDelivery.event,
-                    WebhookDelivery.payload,
-                    WebhookDelivery.attempts,
-                )
-            )
-            return [Delivery(*row) for row in rows]
-
-        return self._write(take)
-
-    def delivery_done(
-        self,
-        delivery_id: int,
-        *,
-        status: int | None,
-        error: str | None,
-        retry_at: dt.datetime | None,
-    ) -> None:
-        """Record an attempt: delivered (no error), to retry at ``retry_at``, or given up
-        (``retry_at`` None with an error)."""
-        values: dict[str, Any] = {
-            "last_status": status,
-            "last_error": error,
-            "next_attempt_at": retry_at,
-        }
-        if error is None:
-            values["delivered_at"] = _now()
-        self._execute(
-            update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(values)
-        )
-
-    def deliveries(self, job_id: str) -> list[DeliveryView]:
-        """Every delivery recorded for a job, oldest first."""
         with self._read() as session:
-            rows = session.scalars(
-                select(WebhookDelivery)
-                .where(WebhookDelivery.job_id == job_id)
-                .order_by(WebhookDelivery.id)
-            )
-            return [
-                DeliveryView(
-                    id=r.id,
-                    url=r.url,
-                    event=r.event,
-                    attempts=r.attempts,
-                    last_status=r.last_status,
-                    last_error=r.last_error,
-                    delivered_at=r.delivered_at,
-                    next_attempt_at=r.next_attempt_at,
+            live = [
+                w.capabilities
+                for w in session.execute(
+                    select(
+                        WorkerRow.heartbeat_at, WorkerRow.dead_after_s, WorkerRow.capabilities
+                    ).where(WorkerRow.stopped_at.is_(None))
                 )
-                for r in rows
+                if _beating(w.heartbeat_at, w.dead_after_s, alive_within_s, now)
             ]
+            loaded: list[set[str]] = []
+            for caps in live:
+                detectors = caps.get("detectors") if isinstance(caps, dict) else None
+                if not isinstance(detectors, dict):
+                    return {}
+                loaded.append(set(detectors))
+            queued = session.execute(
+                select(Job.detector_set, func.count())
+                .where(Job.state == JobState.QUEUED)
+                .group_by(Job.detector_set)
+                .order_by(Job.detector_set)
+            )
+            return {
+                keys: n
+                for keys, n in queued
+                if not any(set(keys.split(",")) <= have for have in loaded)
+            }
 
     def _write(self, work: Callable[[Connection], _T]) -> _T:
         """Run ``work`` in one write transaction, rerunning it while the database is busy."""
@@ -995,6 +1019,29 @@ def detector_set(detectors: Collection[str]) -> str:
     return ",".join(sorted(set(detectors)))
 
 
+def detector_sets_within(detectors: Collection[str]) -> list[str]:
+    """Every non-empty subset of ``detectors`` in ``detector_set`` form: the jobs a worker with
+    these detectors can run are exactly those whose ``detector_set`` is one of them."""
+    keys = sorted(set(detectors))
+    return [",".join(c) for n in range(1, len(keys) + 1) for c in itertools.combinations(keys, n)]
+
+
+def _runnable_with(dialect: str, detectors: Collection[str] | None) -> ColumnElement[bool]:
+    """The job's detectors are all among ``detectors`` (None: any job)."""
+    if detectors is None:
+        return true()
+    keys = sorted(set(detectors))
+    if len(keys) <= _SUBSET_KEYS:
+        return Job.detector_set.in_(detector_sets_within(keys))
+    # Past the cap the list of subsets grows too long to send: compare the JSON list instead,
+    # which reads every runnable row's detectors rather than one column.
+    if dialect == "postgresql":
+        within: ColumnElement[bool] = cast(Job.detectors, postgresql.JSONB).contained_by(keys)
+        return within
+    job_keys = func.json_each(Job.detectors).table_valued("value")
+    return ~exists(select(job_keys.c.value).where(job_keys.c.value.not_in(keys)))
+
+
 class _JobExists(Exception):
     """enqueue found the job id taken."""
 
@@ -1008,6 +1055,24 @@ def _holds(worker_id: str, now: dt.datetime) -> ColumnElement[bool]:
     return and_(
         Job.state == JobState.RUNNING, Job.lease_owner == worker_id, Job.lease_expires > now
     )
+
+
+def _beating(
+    heartbeat_at: dt.datetime, dead_after_s: float | None, default_s: float, now: dt.datetime
+) -> bool:
+    """Heard from within the worker's own ``dead_after_s`` (``default_s`` when it has none)."""
+    limit = dead_after_s if dead_after_s is not None else default_s
+    return (now - heartbeat_at).total_seconds() <= limit
+
+
+def _end_leases(conn: Connection, worker_id: str, now: dt.datetime) -> int:
+    """End every lease ``worker_id`` holds, as though they ran out just now."""
+    ended = conn.execute(
+        update(Job)
+        .where(Job.state == JobState.RUNNING, Job.lease_owner == worker_id)
+        .values(lease_expires=now)
+    )
+    return int(ended.rowcount)
 
 
 def _holds_any(now: dt.datetime) -> ColumnElement[bool]:
@@ -1134,4 +1199,7 @@ def _job_view(job: Job) -> JobView:
         ),
         verdict=job.verdict,
         results=[_stored_result(r) for r in job.results],
+        blob_url=job.blob_url,
+        blob_etag=job.blob_etag,
+        origin=job.origin,
     )

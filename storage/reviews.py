@@ -25,6 +25,7 @@ from sqlalchemy import (
     select,
 )
 
+from storage.deliveries import outbox_rows
 from storage.models import REVIEW_DECISIONS, Job, Review, WebhookDelivery
 from storage.queue import VERDICT_LABELS, JobQueue, JobState, JobView
 
@@ -109,18 +110,9 @@ class Reviews:
 
         def work(conn: Connection) -> int:
             review_id = conn.execute(insert(Review).values(row).returning(Review.id)).scalar_one()
-            deliveries = [
-                {
-                    "job_id": job_id,
-                    "url": url,
-                    "event": "job.reviewed",
-                    "payload": webhook_payload or {},
-                    "attempts": 0,
-                    "next_attempt_at": at,
-                    "created_at": at,
-                }
-                for url in webhook_urls or []
-            ]
+            deliveries = outbox_rows(
+                job_id, "job.reviewed", webhook_payload or {}, webhook_urls or [], at
+            )
             if deliveries:
                 conn.execute(insert(WebhookDelivery), deliveries)
             return int(review_id)

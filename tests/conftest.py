@@ -14,10 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from moto.server import ThreadedMotoServer
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.exc import OperationalError
 
 from storage.db import make_engine, upgrade
+from tests.net import AWS_REGION, free_port
 
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -81,6 +83,29 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         finally:
             eng.dispose()
         yield url
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """S3 + SQS emulator on a free loopback port, shared by a module's tests (every test uses
+    its own bucket and queues)."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Fake credentials the AWS way (environment), so nothing reads ~/.aws."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_AWS_REGION", AWS_REGION)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return moto_url
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -22,6 +22,7 @@ import requests
 import yaml
 from sqlalchemy import func, select
 
+from processor.files import sha256_file
 from storage.db import make_engine
 from storage.models import JobResult
 from storage.queue import JobQueue, JobState
@@ -143,12 +144,27 @@ def test_one_host_takes_videos_another_judges_them(
     )
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=bucket)
+    notified = _notify_queue(moto_url, bucket, s3)
     port = free_port()
+    sqs = {
+        "name": "bucket",
+        "queue_url": notified,
+        "endpoint_url": moto_url,
+        "region": AWS_REGION,
+        "prefixes": ["incoming/"],
+        "wait_time_s": 1,
+    }
     a = Host(
         tmp_path,
         "host-a",
         "ingest,api",
-        _config(pg_url, moto_url, bucket, api={"port": port, "allow_unauthenticated": True}),
+        _config(
+            pg_url,
+            moto_url,
+            bucket,
+            api={"port": port, "allow_unauthenticated": True},
+            sqs=[sqs],
+        ),
     )
     worker_config = _config(pg_url, moto_url, bucket, api={"enabled": False})
     b = Host(tmp_path, "host-b", "worker", worker_config)
@@ -179,6 +195,20 @@ def test_one_host_takes_videos_another_judges_them(
         _wait(lambda: len(queue.list(limit=100)) == 8, 60, "eight jobs queued", hosts)
         jobs = queue.list(limit=100)
         assert all(j.blob_url and j.blob_url.startswith(f"s3://{bucket}/dk/videos/") for j in jobs)
+        # An S3-notified object is judged where it lies; replaced after its job was queued, it
+        # is refused under the old hash and its new bytes get a job of their own.
+        first, second = (
+            make_video(clips / f"swap{i}.mp4", seconds=1.0, size=(80, 64 + 16 * i))
+            for i in range(2)
+        )
+        s3.put_object(Bucket=bucket, Key="incoming/swap.mp4", Body=first.read_bytes())
+        _wait(lambda: len(queue.list(limit=100)) == 9, 60, "the S3 object's job", hosts)
+        s3.put_object(Bucket=bucket, Key="incoming/swap.mp4", Body=second.read_bytes())
+        _wait(lambda: len(queue.list(limit=100)) == 10, 60, "the replacement's job", hosts)
+        swapped = {j.video_sha256: j for j in queue.list(limit=100) if j.source_kind == "s3"}
+        assert all(j.work_path is None for j in swapped.values())  # nothing copied to host A
+        stale = swapped[sha256_file(first)].id
+
         # Nothing is judged on the host that took the videos.
         assert all(j.state is JobState.QUEUED for j in jobs)
 
@@ -192,7 +222,9 @@ def test_one_host_takes_videos_another_judges_them(
         _wait(lambda: _all_finalized(queue), 60, "every job finalized on host A", hosts)
 
         jobs = queue.list(limit=100)
-        assert {j.state for j in jobs} == {JobState.DONE}, [(j.id, j.error_code) for j in jobs]
+        failed = [j for j in jobs if j.state is not JobState.DONE]
+        assert [(j.id, j.error_code) for j in failed] == [(stale, "source_changed")]
+        jobs = [j for j in jobs if j.id != stale]
         with engine.connect() as conn:
             per_job = dict(
                 conn.execute(
@@ -248,6 +280,28 @@ def test_one_host_takes_videos_another_judges_them(
             if host.proc is not None and host.proc.poll() is None:
                 host.kill(signal.SIGTERM)
         engine.dispose()
+
+
+def _notify_queue(moto: str, bucket: str, s3: Any) -> str:
+    """An SQS queue that receives the bucket's ObjectCreated events; its URL."""
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=moto,
+        region_name=AWS_REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    url = str(sqs.create_queue(QueueName=f"q-{bucket}")["QueueUrl"])
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"]}]
+        },
+    )
+    return url
 
 
 def _files(folder: Path) -> list[Path]:

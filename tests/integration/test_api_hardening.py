@@ -265,6 +265,8 @@ async def test_health_is_minimal_and_status_needs_a_key(start_api: Start) -> Non
     assert detail["ready"] is True
     assert detail["worker"]["id"] == "test-worker"
     assert [w["id"] for w in detail["workers"]] == ["test-worker"]
+    assert detail["workers"][0]["detectors"] == [DETECTOR]  # what it has loaded
+    assert detail["stranded"] == []
     assert detail["detectors"][DETECTOR]["loaded"] is True
 
 

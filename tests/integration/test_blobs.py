@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import boto3  # type: ignore[import-untyped]
 import pytest
+from sqlalchemy import Engine
 
 from processor.blobs import ObjectRef, S3Blobs, SourceChanged, SourceMissing, Unreachable
-from processor.config import BlobsConfig
+from processor.config import BlobsConfig, Config
+from processor.daemon import load_pipeline
+from processor.lifecycle import Lifecycle
+from processor.worker import Worker
+from storage.db import upgrade
+from storage.queue import JobQueue, JobState
 
 # botocore and moto still call deprecated datetime APIs; only those warnings are let through.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -134,3 +143,75 @@ def test_object_urls_round_trip() -> None:
         ObjectRef.parse("/var/work/x")
     with pytest.raises(ValueError, match="bucket"):
         BlobsConfig.model_validate({"kind": "s3"})
+
+
+C2PA = "c2pa-provenance"  # a real detector that loads in an instant
+
+
+@pytest.mark.parametrize("where", ["bucket", "other-host"])
+async def test_a_worker_that_cannot_reach_the_bytes_gives_the_job_back_uncharged(
+    engine: Engine, tmp_path: Path, where: str
+) -> None:
+    upgrade(engine)
+    queue = JobQueue(engine)
+    config = Config.model_validate(
+        {
+            "database": {"url": engine.url.render_as_string(hide_password=False)},
+            "device": "cpu",
+            "host_name": "host-b",
+            "inboxes": [{"name": "x", "path": str(tmp_path / "inbox")}],
+            "detectors": {C2PA: {}},
+            "batching": {"max_videos": 2, "max_wait_s": 0.05, "prepare_workers": 1},
+            "queue": {"poll_s": 0.1, "heartbeat_s": 0.1, "dead_after_s": 1},
+        }
+    ).resolved(tmp_path)
+    blob = {"blob_url": "s3://bucket/drishtiksha/videos/x"} if where == "bucket" else {}
+    queue.enqueue(
+        job_id="far",
+        sha256="ab" * 32,
+        size_bytes=10,
+        source_kind="folder",
+        source_ref="/elsewhere/inbox/clip.mp4",
+        detectors=[C2PA],
+        work_path="/elsewhere/work/far/clip.mp4",
+        origin="host-a",
+        **blob,
+    )
+    pipeline = await asyncio.to_thread(load_pipeline, config)
+    worker = Worker(
+        queue,
+        pipeline,
+        Lifecycle.from_config(config, queue),  # blobs.kind local: no store on this host
+        config.batching,
+        config.queue,
+        "host-b:1:test",
+        config.fusion,
+        device="cpu",
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+
+        def published() -> bool:
+            me = [w for w in queue.workers(60) if w.id == "host-b:1:test"]
+            return bool(me and me[0].capabilities and me[0].capabilities.get("problem"))
+
+        await _apoll(published, 60, "the worker to publish its problem")
+        assert worker.problem is not None
+        assert ("blobs.kind local" if where == "bucket" else "on host host-a") in worker.problem
+        job = queue.get("far")
+        assert job is not None
+        # Back in the queue for a worker that can read it, with no attempt used up.
+        assert (job.state, job.attempts, job.error_code) == (JobState.QUEUED, 0, None)
+    finally:
+        stop.set()
+        await task
+
+
+async def _apoll(cond: Callable[[], bool], within_s: float, what: str) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(cond):
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")

@@ -99,6 +99,37 @@ def test_workers_lists_heartbeating_workers(config: Path) -> None:
     assert "yes" in result.stdout
 
 
+def test_workers_shows_what_each_has_loaded_and_jobs_nobody_can_run(config: Path) -> None:
+    from processor.config import load_config
+    from storage.db import make_engine
+    from storage.queue import JobQueue
+
+    assert runner.invoke(app, ["db", "upgrade", "-c", str(config)]).exit_code == 0
+    engine = make_engine(load_config(config).database.url)
+    queue = JobQueue(engine)
+    caps = {
+        "detectors": {"det-a": {"version": "1", "weights_id": "w"}},
+        "device": "cuda",
+        "visible_devices": "1",
+        "version": "0.0.0",
+    }
+    queue.heartbeat("gpu-host:7:abc", "gpu-host", 7, "worker", capabilities=caps, dead_after_s=9)
+    queue.enqueue(
+        job_id="f" * 32,
+        sha256="0" * 64,
+        size_bytes=1,
+        source_kind="cli",
+        source_ref="/v.mp4",
+        detectors=["det-a", "det-b"],
+    )
+    engine.dispose()
+    result = runner.invoke(app, ["workers", "-c", str(config)], terminal_width=240)
+    assert result.exit_code == 0, result.output
+    assert "cuda (GPU 1)" in result.stdout
+    assert "det-a" in result.stdout
+    assert "1 needing det-a + det-b" in result.stderr
+
+
 def test_bench_queue_drains_every_job_exactly_once(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'bench.db'}"
     result = runner.invoke(

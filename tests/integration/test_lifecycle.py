@@ -19,6 +19,7 @@ from processor.files import sha256_file
 from processor.lifecycle import Lifecycle
 from processor.retry import retry_job
 from storage.db import make_engine
+from storage.deliveries import Deliveries
 from storage.queue import JobQueue, JobState, NewResult
 
 # The overall verdict stored with a completed job; these tests do not look at it.
@@ -193,7 +194,7 @@ async def test_finalize_queues_the_webhooks_a_job_owes(queue: JobQueue, inbox: I
     [job] = queue.list()
     _finish(queue, job.id, False)
     await lc.recover()
-    [delivery] = queue.deliveries(job.id)
+    [delivery] = Deliveries(queue).for_job(job.id)
     assert delivery.url == "http://127.0.0.1:9/failed"
     assert delivery.event == "job.failed"
 

@@ -20,6 +20,7 @@ from processor.api import init_app, runner
 from processor.config import Config
 from processor.verdict import overall_verdict
 from storage.db import downgrade, upgrade
+from storage.deliveries import Deliveries
 from storage.queue import JobQueue, NewResult
 from storage.reviews import JobFilter, Reviews
 
@@ -174,9 +175,9 @@ async def test_reviews_over_http_with_webhook_and_csv(api: tuple[str, JobQueue])
     status, body = await call("PUT", f"{base}/v1/jobs/{'e' * 32}/review", REVIEWER, json=review)
     assert status == 404
 
-    [delivery] = queue.deliveries(job)
+    [delivery] = Deliveries(queue).for_job(job)
     assert delivery.event == "job.reviewed"
-    [sent] = queue.take_deliveries(1, 30)
+    [sent] = Deliveries(queue).take(1, 30)
     assert sent.payload["review"]["decision"] == "confirmed_fake"
     assert sent.payload["verdict"]["label"] == "FAKE"
 

@@ -13,46 +13,21 @@ from typing import Any
 
 import boto3  # type: ignore[import-untyped]
 import pytest
-from moto.server import ThreadedMotoServer
 from pydantic import ValidationError
 
 from processor import sqs as sqs_module
-from processor.config import Config, QueueConfig, SqsSourceConfig
+from processor.blobs import S3Blobs, SourceChanged
+from processor.config import BlobsConfig, Config, QueueConfig, SqsSourceConfig
 from processor.daemon import Daemon
 from processor.lifecycle import Lifecycle
 from processor.sqs import Poison, SqsSource, parse_message, safe_name
 from storage.db import make_engine
 from storage.queue import JobQueue, JobView
-from tests.net import free_port
+from tests.net import AWS_REGION as REGION
 
 # botocore and moto still call datetime.utcnow() and similar deprecated APIs; the suite turns
 # every warning into an error, so only DeprecationWarnings are let through here.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-REGION = "us-east-1"
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    """S3 + SQS emulator on a free loopback port, shared by this module's tests (every test
-    uses its own bucket and queues)."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Fake credentials the AWS way (environment), so nothing reads ~/.aws."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return moto_url
 
 
 class World:
@@ -140,12 +115,15 @@ def _config(world: World, url: str, tmp_path: Path, **overrides: Any) -> SqsSour
 async def make_source(aws: str, queue: JobQueue, tmp_path: Path) -> AsyncIterator[Any]:
     opened: list[SqsSource] = []
 
-    async def make(world: World, max_file_bytes: int = 1 << 20, **overrides: Any) -> SqsSource:
+    async def make(
+        world: World, max_file_bytes: int = 1 << 20, blobs: S3Blobs | None = None, **overrides: Any
+    ) -> SqsSource:
         source = SqsSource(
             _config(world, aws, tmp_path, **overrides),
             queue,
             max_file_bytes=max_file_bytes,
             max_attempts=3,
+            blobs=blobs,
         )
         await source.open()
         opened.append(source)
@@ -397,3 +375,42 @@ def test_sqs_detectors_need_a_section() -> None:
         Config.model_validate({"sqs": [source]})
     ok = Config.model_validate({"sqs": [{**source, "detectors": ["c2pa-provenance"]}]})
     assert ok.resolved(Path("/srv")).sqs[0].work == Path("/srv/var/work-s3")
+
+
+async def test_with_an_object_store_objects_are_referenced_not_copied(
+    aws: str, queue: JobQueue, make_source: Any, tmp_path: Path
+) -> None:
+    world = World(aws)
+    blobs = S3Blobs(BlobsConfig(kind="s3", bucket=world.bucket, endpoint_url=aws))
+    world.put("in/kept.mp4", b"first version")
+    world.put("in/replaced.mp4", b"announced bytes")
+    world.put("in/replaced.mp4", b"bytes put after")  # before the first notification is read
+    world.put("in/big.mp4", b"x" * 200)
+    source = await make_source(world, max_file_bytes=100, blobs=blobs, on_poison="delete")
+    await _drain(source)
+
+    jobs = {j.source_ref: j for j in _s3_jobs(queue)}
+    # The replaced object has one job, for the bytes it holds now (its second notification).
+    assert sorted(jobs) == [
+        f"s3://{world.bucket}/in/kept.mp4",
+        f"s3://{world.bucket}/in/replaced.mp4",
+    ]
+    replaced = jobs[f"s3://{world.bucket}/in/replaced.mp4"]
+    assert replaced.video_sha256 == hashlib.sha256(b"bytes put after").hexdigest()
+    kept = jobs[f"s3://{world.bucket}/in/kept.mp4"]
+    assert kept.work_path is None
+    assert kept.blob_url == f"s3://{world.bucket}/in/kept.mp4"
+    assert kept.blob_etag
+    assert not _files(tmp_path / "work-s3")  # nothing was downloaded to keep
+    assert world.messages_left() == 0
+
+    # Replaced between the job and its worker: the worker's read is refused, never judged
+    # under the old hash; the new bytes come with a notification (and a job) of their own.
+    world.put("in/kept.mp4", b"second version")
+    with pytest.raises(SourceChanged):
+        blobs.fetch(kept.blob_url, kept.blob_etag, kept.video_sha256, tmp_path / "v")
+    await _drain(source)
+    shas = sorted(j.video_sha256 for j in _s3_jobs(queue) if j.source_ref.endswith("kept.mp4"))
+    assert shas == sorted(
+        hashlib.sha256(b).hexdigest() for b in (b"first version", b"second version")
+    )

@@ -7,6 +7,8 @@ Create Date: 2026-11-30
 ``jobs.blob_url``/``blob_etag``: the object holding the job's bytes when they are in object
 storage (content-addressed under the configured prefix, or the original S3 object read with
 ``If-Match: blob_etag``), so a worker on any host can fetch them.
+``jobs.origin``: the host whose files the job came from; only that host moves them to done/ or
+failed/, and a worker elsewhere never takes another host's missing file for a broken video.
 ``jobs.detector_set``: the job's detectors as one sorted, comma-joined string, so a claim can
 take only jobs whose detectors the claiming worker has loaded.
 ``workers.capabilities``/``dead_after_s``: what a worker has loaded (detectors, weights ids,
@@ -33,6 +35,7 @@ TIMESTAMP = sa.DateTime(timezone=True)
 def upgrade() -> None:
     op.add_column("jobs", sa.Column("blob_url", sa.Text(), nullable=True))
     op.add_column("jobs", sa.Column("blob_etag", sa.String(length=255), nullable=True))
+    op.add_column("jobs", sa.Column("origin", sa.String(length=255), nullable=True))
     op.add_column("jobs", sa.Column("detector_set", sa.Text(), nullable=False, server_default=""))
     jobs = sa.table(
         "jobs",
@@ -82,3 +85,4 @@ def downgrade() -> None:
     op.drop_column("jobs", "detector_set")
     op.drop_column("jobs", "blob_etag")
     op.drop_column("jobs", "blob_url")
+    op.drop_column("jobs", "origin")
