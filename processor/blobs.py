@@ -147,7 +147,9 @@ class S3Blobs:
             try:
                 head = self._s3.head_object(Bucket=ref.bucket, Key=ref.key)
             except ClientError as exc:
-                if _code(exc) not in _MISSING_CODES:
+                # Without s3:ListBucket a missing key answers 403, not 404: then upload, and
+                # let the upload itself say whether this host may write.
+                if _code(exc) not in _MISSING_CODES | {"403", "AccessDenied"}:
                     raise
             else:
                 if head.get("ContentLength") == size:
@@ -274,8 +276,9 @@ def open_blobs(config: BlobsConfig) -> S3Blobs | None:
 
 
 def scratch_dir(config: BlobsConfig, job_id: str) -> Path:
-    """The folder a worker fetches one job's bytes into."""
-    return config.scratch / job_id
+    """The folder this process fetches one job's bytes into: ``<job id>-<pid>``, so that two
+    workers of one host never share one (a job lost by one and taken over by the other)."""
+    return config.scratch / f"{job_id}-{os.getpid()}"
 
 
 def drop_scratch(config: BlobsConfig, job_id: str) -> None:

@@ -126,6 +126,7 @@ class Daemon:
                         max_attempts=self.config.queue.max_attempts,
                         on_enqueued=lifecycle.on_enqueued,
                         blobs=blobs,
+                        host_name=self.config.host_name,
                     )
                     await sqs.start()
                     watchers.append(sqs)
@@ -163,8 +164,7 @@ class Daemon:
                 await stop.wait()
         finally:
             systemd.notify("STOPPING=1")
-            if blobs is not None:
-                blobs.close()
+            lifecycle.close()
             for task in stop_tasks:
                 task.cancel()
             await asyncio.gather(*stop_tasks, return_exceptions=True)
@@ -172,6 +172,8 @@ class Daemon:
                 await source.stop()
             if runner is not None:
                 await runner.cleanup()
+            if blobs is not None:
+                blobs.close()
             engine.dispose()
             log.info("drishtiksha stopped")
 

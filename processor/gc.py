@@ -32,7 +32,7 @@ def prune_scratch(scratch: Path, queue: JobQueue, *, dry_run: bool = False) -> l
     folders = [d for d in scratch.iterdir() if d.is_dir() and not d.is_symlink()]
     removed = []
     for folder in folders:
-        job = queue.get(folder.name)
+        job = queue.get(folder.name.split("-", 1)[0])  # <job id>-<pid> (blobs.scratch_dir)
         if job is not None and job.state is JobState.RUNNING:
             continue  # a worker may be reading it right now
         removed.append(Removed(folder, "fetched bytes of a job no longer running"))

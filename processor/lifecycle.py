@@ -93,6 +93,8 @@ class Lifecycle:
         # A backlog found by the startup scan arrives all at once; hashing a few files at a
         # time keeps memory and database contention bounded.
         self._accepting = asyncio.Semaphore(4)
+        self._closing = asyncio.Event()
+        self._retrying: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_config(
@@ -114,6 +116,18 @@ class Lifecycle:
     def mine(self, origin: str | None) -> bool:
         """Whether a job from ``origin`` has its files on this host (None: on any)."""
         return origin is None or self.host_name is None or origin == self.host_name
+
+    def places(self, job: JobView) -> bool:
+        """Whether this host places the job's files: it came from here, or it is an inbox file
+        lying in this host's own work folder of that inbox (a folder shared between hosts with
+        one configuration, or this host under a new name)."""
+        if self.mine(job.origin):
+            return True
+        inbox = self.inboxes.get(job.inbox or "")
+        if inbox is None or job.work_path is None:
+            return False
+        work_file = Path(job.work_path)
+        return work_file.parent.parent == inbox.work and work_file.exists()
 
     def store(self, path: Path, sha256: str, size: int) -> str | None:
         """Put accepted bytes in the object store (when one is configured) before their job
@@ -175,7 +189,23 @@ class Lifecycle:
         fsync_dir(job_dir.parent)
         return name
 
-    async def _enqueue(self, inbox: InboxConfig, work_file: Path, job_id: str, ref: str) -> None:
+    def close(self) -> None:
+        """Stop waiting for the object store: files still waiting for it stay in the work
+        area, unqueued, where the next start's recovery finds them."""
+        self._closing.set()
+
+    async def _enqueue(
+        self,
+        inbox: InboxConfig,
+        work_file: Path,
+        job_id: str,
+        ref: str,
+        *,
+        background: bool = False,
+    ) -> None:
+        """Queue a file of the work area. While the object store refuses it, try again (at
+        most a minute apart) until ``close``: in the background when ``background``, so that a
+        store outage does not hold up start-up."""
         delay = 1.0
         while True:
             try:
@@ -188,7 +218,17 @@ class Lifecycle:
                 log.error(
                     "%s: the object store did not take it (%s); again in %.0f s", ref, exc, delay
                 )
-                await asyncio.sleep(delay)
+                if background:
+                    retry = self._enqueue(inbox, work_file, job_id, ref)
+                    task = asyncio.create_task(retry)
+                    self._retrying.add(task)
+                    task.add_done_callback(self._retrying.discard)
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), delay)
+                if self._closing.is_set():
+                    log.warning("%s: left in the work area, to be queued at the next start", ref)
+                    return
                 delay = min(delay * 2, _STORE_RETRY_MAX_S)
         if created:
             log.info("job %s queued: %s (%d bytes, sha256 %s)", job_id, ref, size, digest[:12])
@@ -241,7 +281,11 @@ class Lifecycle:
                     )
                     if orphan is not None:
                         await self._enqueue(
-                            inbox, orphan, job_dir.name, str(inbox.path / orphan.name)
+                            inbox,
+                            orphan,
+                            job_dir.name,
+                            str(inbox.path / orphan.name),
+                            background=True,
                         )
                 except Exception:
                     # One folder that cannot be repaired must not keep the daemon from starting.
@@ -317,7 +361,7 @@ class Lifecycle:
         """Put a finished job's file where it belongs, queue its webhooks, and mark it
         finalized. Idempotent: a crash before the mark repeats it all at the next start (so a
         webhook may be sent twice; receivers dedupe)."""
-        if not self.mine(job.origin):
+        if not self.places(job):
             return  # another host's files: its own sweep places them
         # The worker that ended the job and the ingest side's sweep (in this process or
         # another) may reach the same job at once: only the one holding the claim moves it.

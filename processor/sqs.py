@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from processor.blobs import ObjectRef, S3Blobs, SourceMissing
 from processor.config import SqsSourceConfig
-from processor.files import fsync_dir
+from processor.files import VERDICT_SUFFIX, fsync_dir
 from storage.queue import JobQueue
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,11 @@ class SqsSource:
         max_attempts: int,
         on_enqueued: Callable[[], None] = lambda: None,
         blobs: S3Blobs | None = None,
+        host_name: str | None = None,
     ) -> None:
         self.config = config
+        # Downloads lie on this host: only it may place (delete) them.
+        self.host_name = host_name
         # With an object store, objects are referenced where they are, not downloaded here.
         self.blobs = blobs
         self.queue = queue
@@ -245,6 +248,8 @@ class SqsSource:
         await self._sqs.delete_message(QueueUrl=self.config.queue_url, ReceiptHandle=receipt)
 
     def _wanted(self, key: str) -> bool:
+        if key.endswith(VERDICT_SUFFIX):
+            return False  # a verdict written back beside its video (blobs.verdicts: beside)
         prefixes, suffixes = self.config.prefixes, self.config.suffixes
         return (not prefixes or key.startswith(tuple(prefixes))) and (
             not suffixes or key.lower().endswith(tuple(s.lower() for s in suffixes))
@@ -274,6 +279,7 @@ class SqsSource:
             work_path=str(work_file),
             priority=self.config.priority,
             max_attempts=self.max_attempts,
+            origin=self.host_name,
         )
         if created:
             log.info("job %s queued: %s (%d bytes, sha256 %s)", job_id, obj.ref, size, digest[:12])

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from detectors.base import DetectorResult
 from detectors.errors import DetectorError, MediaError
 from processor import fleet
-from processor.blobs import Unreachable, drop_scratch, scratch_dir
+from processor.blobs import StoreUnavailable, Unreachable, drop_scratch, scratch_dir
 from processor.config import BatchingConfig, FusionConfig, QueueConfig
 from processor.gc import prune_scratch
 from processor.lifecycle import Lifecycle
@@ -382,7 +382,7 @@ class Worker:
                 )
             )
             await self._ready.put(_Ready(job, prepared, cached))
-        except Unreachable as exc:
+        except (Unreachable, StoreUnavailable) as exc:
             await self._unreachable(job, exc)
         except DetectorError as exc:
             await self._failed(job, exc)
@@ -396,8 +396,11 @@ class Worker:
         """Where this worker reads the job's bytes: the file itself when the job came from this
         host, else a copy fetched from the object store into scratch (sha256 checked)."""
         local = Path(job.work_path) if job.work_path else None
-        here = local is not None and self.lifecycle.mine(job.origin)
-        if local is not None and here and (job.blob_url is None or local.exists()):
+        # The file itself wherever it can be seen (this host's, or a folder shared with its
+        # host); a missing file of this host's own job fails as a broken video would.
+        if local is not None and (
+            local.exists() or (job.blob_url is None and self.lifecycle.mine(job.origin))
+        ):
             return local
         if job.blob_url is not None:
             blobs = self.lifecycle.blobs
@@ -407,7 +410,11 @@ class Worker:
                     "give every host the same blobs section"
                 )
             dest = scratch_dir(self.lifecycle.blobs_config, job.id) / ("video" + _suffix(job))
-            blobs.fetch(job.blob_url, job.blob_etag, job.video_sha256, dest)
+            try:
+                blobs.fetch(job.blob_url, job.blob_etag, job.video_sha256, dest)
+            except OSError as exc:
+                # A full or unwritable scratch disk is this host's problem, not the video's.
+                raise Unreachable(f"cannot write to blobs.scratch: {exc}") from exc
             return dest
         if local is None:
             raise MediaError("the job has no file to read")
@@ -423,9 +430,11 @@ class Worker:
         else:
             self._capabilities["problem"] = problem
 
-    async def _unreachable(self, job: Claimed, exc: Unreachable) -> None:
-        """The job's bytes are out of this worker's reach through no fault of the video: give
-        the job back uncharged for a worker that can read them, and stop claiming a while."""
+    async def _unreachable(self, job: Claimed, exc: Unreachable | StoreUnavailable) -> None:
+        """The job's bytes are out of this worker's reach through no fault of the video (its
+        setup, or the store failing): give the job back uncharged for a worker that can read
+        them, and stop claiming a while. A store that stays down holds jobs queued; it never
+        fails good videos."""
         log.error(
             "job %s: this worker cannot read its bytes: %s; released for another worker "
             "(attempt not counted), no claims for %.0f s",
@@ -435,11 +444,16 @@ class Worker:
         )
         self._set_problem(str(exc))
         self._pause_until = time.monotonic() + UNREACHABLE_PAUSE_S
+        await self._release([job.id])
+
+    async def _release(self, job_ids: list[str]) -> None:
+        """Give jobs back to the queue with their attempt, and forget them."""
         try:
-            await self._io(self.queue.release, self.worker_id, [job.id])
+            await self._io(self.queue.release, self.worker_id, job_ids)
         except StorageError:
-            log.exception("job %s: could not release it; its lease will run out", job.id)
-        self._drop(job.id)
+            log.exception("could not release %s; their leases will run out", ", ".join(job_ids))
+        for job_id in job_ids:
+            self._drop(job_id)
 
     def _cached_results(self, job: Claimed) -> tuple[list[NewResult], list[str]]:
         """Reuse stored results for the same bytes, detector version and weights."""
@@ -483,7 +497,15 @@ class Worker:
                     break
             batch = [item for item in batch if item.job.id in self.held]
             if batch:
-                await self._run_batch(batch)
+                try:
+                    await self._run_batch(batch)
+                except Exception:
+                    # A bug must not stop the loop with jobs held and renewed forever: they go
+                    # back to the queue, and the worker carries on.
+                    log.exception(
+                        "batch of %d failed unexpectedly; its jobs are released", len(batch)
+                    )
+                    await self._release([item.job.id for item in batch])
 
     async def _run_batch(self, batch: list[_Ready]) -> None:
         loop = asyncio.get_running_loop()
@@ -547,6 +569,7 @@ class Worker:
             return
         try:
             await self._io(self.lifecycle.finalize, view)
-        except (OSError, StorageError):
-            # The job row is final; the finalize sweep retries the file move.
-            log.exception("job %s: could not move its file", job_id)
+        except Exception:
+            # The job row is final; the finalize sweep of the job's host tries again (the move,
+            # the verdict's write-back to the object store). Nothing here may end the loops.
+            log.exception("job %s: could not finalize it; the sweep will try again", job_id)

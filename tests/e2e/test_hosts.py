@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -67,19 +68,25 @@ class Host:
         self.log = self.root / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, env: dict[str, str]) -> None:
+    def start(self, env: dict[str, str], hide: Path | None = None) -> None:
+        """Start the daemon; ``hide`` (another host's folder) is covered by an empty tmpfs in
+        a mount namespace of its own, so this host cannot read that host's files."""
+        command = [
+            sys.executable,
+            "-m",
+            "processor",
+            "run",
+            "--config",
+            str(self.config_path),
+            "--role",
+            self.role,
+        ]
+        if hide is not None:
+            script = f"mount -t tmpfs none {shlex.quote(str(hide))} && exec {shlex.join(command)}"
+            command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "processor",
-                    "run",
-                    "--config",
-                    str(self.config_path),
-                    "--role",
-                    self.role,
-                ],
+                command,
                 cwd=self.root,
                 env=env,
                 stdout=out,
@@ -212,12 +219,14 @@ def test_one_host_takes_videos_another_judges_them(
         # Nothing is judged on the host that took the videos.
         assert all(j.state is JobState.QUEUED for j in jobs)
 
-        b.start(env)
+        # B and C cannot see A's folders where mount namespaces are allowed (as root here).
+        hide = a.root if _can_hide() else None
+        b.start(env, hide)
         _wait(lambda: _running_on(queue, "host-b"), 120, "host B running jobs", hosts)
         b.kill()  # mid-batch: B holds leases it will never renew or give back
         held = [j.id for j in queue.list(limit=100) if j.state is JobState.RUNNING]
         assert held
-        c.start(env)
+        c.start(env, hide)
         _wait(lambda: _all_ended(queue), 180, "every job ended", hosts)
         _wait(lambda: _all_finalized(queue), 60, "every job finalized on host A", hosts)
 
@@ -302,6 +311,13 @@ def _notify_queue(moto: str, bucket: str, s3: Any) -> str:
         },
     )
     return url
+
+
+def _can_hide() -> bool:
+    try:
+        return subprocess.run(["unshare", "--mount", "true"], timeout=30).returncode == 0
+    except OSError:
+        return False
 
 
 def _files(folder: Path) -> list[Path]:

@@ -495,3 +495,33 @@ async def test_start_up_finishes_a_retry_a_crash_interrupted(
     again = queue.get(job.id)
     assert again is not None
     assert (again.state, again.attempts) == (JobState.QUEUED, 0)
+
+
+async def test_files_are_placed_by_the_host_they_came_from_or_one_that_sees_them(
+    queue: JobQueue, inbox: InboxConfig
+) -> None:
+    here = Lifecycle(queue, [inbox], QueueConfig(), host_name="host-a")
+    here.prepare_folders()
+    elsewhere = Lifecycle(queue, [inbox], QueueConfig(), host_name="host-b")
+    src = inbox.path / "clip.mp4"
+    src.write_bytes(b"video bytes")
+    await here.accept(inbox, src)
+    [job] = queue.list()
+    assert job.origin == "host-a"
+    _finish(queue, job.id, ok=True)
+    work_file = Path(job.work_path or "")
+
+    # Another host that cannot see the file leaves it to its own host's sweep.
+    hidden = work_file.with_name("hidden.mp4")
+    work_file.rename(hidden)
+    ended = queue.get(job.id)
+    assert ended is not None
+    elsewhere.finalize(ended)
+    assert queue.get(job.id).finalized_at is None  # type: ignore[union-attr]
+    assert not list(inbox.done.iterdir())
+
+    # One that sees it (a shared folder, or this host under a new name) places it.
+    hidden.rename(work_file)
+    elsewhere.finalize(ended)
+    assert queue.get(job.id).finalized_at is not None  # type: ignore[union-attr]
+    assert sorted(p.name for p in inbox.done.iterdir()) == ["clip.mp4", "clip.mp4.verdict.json"]

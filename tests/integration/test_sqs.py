@@ -386,7 +386,10 @@ async def test_with_an_object_store_objects_are_referenced_not_copied(
     world.put("in/replaced.mp4", b"announced bytes")
     world.put("in/replaced.mp4", b"bytes put after")  # before the first notification is read
     world.put("in/big.mp4", b"x" * 200)
-    source = await make_source(world, max_file_bytes=100, blobs=blobs, on_poison="delete")
+    world.put("in/kept.mp4.verdict.json", b"{}")  # written back beside a video: not a video
+    source = await make_source(
+        world, max_file_bytes=100, blobs=blobs, on_poison="delete", suffixes=[]
+    )
     await _drain(source)
 
     jobs = {j.source_ref: j for j in _s3_jobs(queue)}
