@@ -23,7 +23,7 @@ from detectors.base import (
     SampledFrames,
 )
 from detectors.errors import DetectorError
-from detectors.faces import Face, FaceFinder
+from detectors.faces import FACE_FINDER_HELP, Face, FaceFinder, FaceFinderName
 from detectors.manifest import (
     CalibratedConfig,
     CalibratedDetector,
@@ -63,14 +63,21 @@ class ColorCuesConfig(CalibratedConfig):
     face_upsample: int = Field(
         0, ge=0, le=2, description="dlib upsampling passes; each finds smaller faces, 4x cost."
     )
+    # HOG by default: the shipped weights' operating point was measured on HOG's faces.
+    face_finder: FaceFinderName = Field("hog", description=FACE_FINDER_HELP)
 
     def feature_settings(self) -> dict[str, Any]:
         """The settings that shape ``prepare``'s output: features computed under equal settings
         are interchangeable (the training feature cache keys on them)."""
-        return self.model_dump(
+        settings = self.model_dump(
             exclude={"weights", "threshold", "seed", "hidden_size", "dropout"}
             | {"uncertain_band", "manifest"}
         )
+        # HOG alone leaves the settings as they read before there was a choice of finder, so
+        # features cached for it stay valid.
+        if settings["face_finder"] == "hog":
+            del settings["face_finder"]
+        return settings
 
 
 @dataclass(frozen=True)
@@ -153,7 +160,9 @@ class ColorCuesDetector(CalibratedDetector[ColorCuesConfig]):
 
     def __init__(self, config: ColorCuesConfig) -> None:
         super().__init__(config)
-        self._faces = FaceFinder(config.face_detect_max_side, config.face_upsample)
+        self._faces = FaceFinder(
+            config.face_detect_max_side, config.face_upsample, method=config.face_finder
+        )
         self._model: ColorCuesNet | None = None
         self._device: torch.device | None = None
 

@@ -50,7 +50,7 @@ from detectors.base import (
     describe,
 )
 from detectors.errors import DetectorError
-from detectors.faces import Face, FaceFinder
+from detectors.faces import FACE_FINDER_HELP, Face, FaceFinder, FaceFinderName
 from detectors.manifest import (
     CalibratedConfig,
     CalibratedDetector,
@@ -124,6 +124,7 @@ class FaceCuesConfig(CalibratedConfig):
     face_upsample: int = Field(
         0, ge=0, le=2, description="dlib upsampling passes; each finds smaller faces, 4x cost."
     )
+    face_finder: FaceFinderName = Field("hog+blazeface", description=FACE_FINDER_HELP)
 
     @model_validator(mode="after")
     def _faces_fit_the_run(self) -> Self:
@@ -134,15 +135,21 @@ class FaceCuesConfig(CalibratedConfig):
     def feature_settings(self) -> dict[str, Any]:
         """The settings that shape ``prepare``'s output (the training feature cache keys on
         them)."""
-        return self.model_dump(
+        settings = self.model_dump(
             include={
                 "run_frames",
                 "min_faces",
                 "analysis_max_side",
                 "face_detect_max_side",
                 "face_upsample",
+                "face_finder",
             }
         )
+        # HOG alone leaves the settings as they read before there was a choice of finder, so
+        # features cached for it stay valid.
+        if settings["face_finder"] == "hog":
+            del settings["face_finder"]
+        return settings
 
 
 @dataclass(frozen=True)
@@ -341,13 +348,14 @@ def measure_frames(
 ) -> list[_Frame | None]:
     """What each frame of a run of consecutive RGB frames contributes (None: no usable face)."""
     measured: list[_Frame | None] = []
+    faces = finder.track()
     for rgb in run:
         rows, cols = rgb.shape[:2]
         scale = min(1.0, max_side / max(rows, cols))
         if scale < 1.0:
             size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        face = finder.find(rgb)
+        face = faces.find(rgb)
         measured.append(_measure(rgb, face) if face is not None else None)
     return measured
 
@@ -433,7 +441,9 @@ class FaceCuesDetector(CalibratedDetector[FaceCuesConfig]):
 
     def __init__(self, config: FaceCuesConfig) -> None:
         super().__init__(config)
-        self._faces = FaceFinder(config.face_detect_max_side, config.face_upsample)
+        self._faces = FaceFinder(
+            config.face_detect_max_side, config.face_upsample, method=config.face_finder
+        )
         self._model: CueModel | None = None
 
     @property

@@ -6,6 +6,9 @@ A detector configured with ``weights: manifest`` loads its key's default entry; 
 with a checkpoint path takes the operating point of the entry with that file's sha256, from the
 manifest beside the file. An explicitly configured ``threshold`` or ``uncertain_band`` overrides
 the manifest's. Paths in the manifest are relative to the manifest's folder.
+
+Its ``models`` list third-party models a detector runs beside its weights (the BlazeFace face
+finder): no operating point, only the file, its sha256 (checked before use), licence and card.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pydantic import (
 )
 
 from detectors.base import Detector, Label, NetworkConfig
-from detectors.weights import WeightsError
+from detectors.weights import WeightsError, WeightsUnreadable, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,20 @@ class ManifestEntry(BaseModel):
         return self
 
 
+class ModelFile(BaseModel):
+    """A third-party model a detector runs beside its own weights (a face finder, say): no
+    operating point, but its file is checked against the sha256 registered here before use."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="What the code asks for.")
+    file: str = Field(description="The model, relative to the manifest's folder.")
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    license: str = Field(description="SPDX identifier; the licence text sits beside the file.")
+    source: str = Field(description="Where the file was taken from, with the version.")
+    card: str = Field(description="Model card, relative to the manifest's folder.")
+
+
 class Manifest(BaseModel):
     """The whole file."""
 
@@ -117,6 +134,7 @@ class Manifest(BaseModel):
 
     schema_: str = Field(SCHEMA, alias="schema", pattern=f"^{SCHEMA}$")
     entries: list[ManifestEntry] = Field(default_factory=list)
+    models: list[ModelFile] = Field(default_factory=list)
 
     def default_entry(self, detector: str) -> ManifestEntry:
         """The default entry for ``detector``; ManifestError when there is none."""
@@ -149,7 +167,10 @@ def read_manifest(path: Path) -> Manifest:
 def write_manifest(path: Path, manifest: Manifest) -> None:
     """Write atomically (a reader never sees half a file), entries sorted for stable diffs."""
     entries = sorted(manifest.entries, key=lambda e: (e.detector, e.file))
-    doc = Manifest(schema=SCHEMA, entries=entries).model_dump(mode="json", by_alias=True)
+    models = sorted(manifest.models, key=lambda m: m.name)
+    doc = Manifest(schema=SCHEMA, entries=entries, models=models).model_dump(
+        mode="json", by_alias=True
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest-", suffix=".json")
     try:
@@ -174,7 +195,7 @@ def register(path: Path, entry: ManifestEntry) -> Manifest:
             e.model_copy(update={"default": False}) if e.detector == entry.detector else e
             for e in kept
         ]
-    updated = Manifest(schema=SCHEMA, entries=[*kept, entry])
+    updated = Manifest(schema=SCHEMA, entries=[*kept, entry], models=manifest.models)
     write_manifest(path, updated)
     return updated
 
@@ -182,6 +203,26 @@ def register(path: Path, entry: ManifestEntry) -> Manifest:
 def source_tree_manifest() -> Path:
     """``weights/manifest.json`` of the source checkout this package runs from."""
     return Path(__file__).resolve().parents[1] / "weights" / MANIFEST_NAME
+
+
+def registered_model(name: str, manifest: Path | None = None) -> Path:
+    """The file of third-party model ``name`` in ``manifest`` (default: the source checkout's),
+    once it is shown to have the registered sha256."""
+    manifest = manifest or source_tree_manifest()
+    found = next((m for m in read_manifest(manifest).models if m.name == name), None)
+    if found is None:
+        raise ManifestError(f"the weights manifest {manifest} lists no model named {name}")
+    path = manifest.parent / found.file
+    try:
+        sha256 = sha256_file(path)
+    except OSError as exc:
+        raise WeightsUnreadable(f"model {name} not found: {path} ({exc.strerror})") from exc
+    if sha256 != found.sha256:
+        raise WeightsError(
+            f"{path} has sha256 {sha256}, but {manifest} registered {found.sha256}: the file "
+            "is damaged or was replaced"
+        )
+    return path
 
 
 def find_manifest(explicit: str | None, key: str) -> Path:

@@ -38,7 +38,7 @@ from detectors.base import (
     describe,
 )
 from detectors.errors import DetectorError
-from detectors.faces import FaceFinder
+from detectors.faces import FACE_FINDER_HELP, FaceFinder, FaceFinderName
 from detectors.manifest import CalibratedConfig, CalibratedDetector, resolve_weights
 from detectors.weights import WeightsError, WeightsUnreadable
 
@@ -121,6 +121,7 @@ class OnnxFaceConfig(CalibratedConfig):
     face_upsample: int = Field(
         0, ge=0, le=2, description="dlib upsampling passes; each finds smaller faces, 4x cost."
     )
+    face_finder: FaceFinderName = Field("hog+blazeface", description=FACE_FINDER_HELP)
     max_crops_per_run: int = Field(
         64, ge=1, description="Face crops per onnxruntime call (bounds memory on big batches)."
     )
@@ -369,7 +370,9 @@ class OnnxFaceClassifier(CalibratedDetector[OnnxFaceConfig]):
 
     def __init__(self, config: OnnxFaceConfig) -> None:
         super().__init__(config)
-        self._faces = FaceFinder(config.face_detect_max_side, config.face_upsample)
+        self._faces = FaceFinder(
+            config.face_detect_max_side, config.face_upsample, method=config.face_finder
+        )
         self._session: ort.InferenceSession | None = None
         self._spec: GraphSpec | None = None
         self._provider = "none"

@@ -26,7 +26,12 @@ from rich.table import Table
 # typer carries its own copy of click (since 0.2x); its errors are that copy's classes.
 from typer._click import exceptions as click_errors
 
-from processor.cli_bench import bench_gpu_bundle_cmd, bench_gpu_cmd, bench_startup_cmd
+from processor.cli_bench import (
+    bench_faces_cmd,
+    bench_gpu_bundle_cmd,
+    bench_gpu_cmd,
+    bench_startup_cmd,
+)
 from processor.cli_webhooks import webhooks_app
 from processor.config import Config, ConfigError, load_config
 from processor.logs import setup_logging
@@ -52,6 +57,7 @@ app.add_typer(webhooks_app, name="webhooks")
 bench_app.command("startup")(bench_startup_cmd)
 bench_app.command("gpu")(bench_gpu_cmd)
 bench_app.command("gpu-bundle")(bench_gpu_bundle_cmd)
+bench_app.command("faces")(bench_faces_cmd)
 
 ConfigOpt = Annotated[
     Path | None,

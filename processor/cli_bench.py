@@ -143,3 +143,122 @@ def bench_gpu_bundle_cmd(
         highlight=False,
         soft_wrap=True,
     )
+
+
+def bench_faces_cmd(
+    data: Annotated[
+        Path, typer.Option(help="Labelled clips: a labels.csv, or a folder holding one.")
+    ] = Path("../shared/videos/labels.csv"),
+    pad_to: Annotated[
+        str | None,
+        typer.Option(
+            help="WIDTHxHEIGHT: put each clip, at its own size, in the middle of a black frame "
+            "this large before the daemon's downscale (small faces in a 1080p or 4K video)."
+        ),
+    ] = None,
+    finders: Annotated[
+        str, typer.Option(help="Face finders to compare, comma-separated.")
+    ] = "hog,blazeface,hog+blazeface",
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N clips.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report to this JSON file.")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML whose decode, limits and face-cues-v1 settings to use (found as for "
+            "`drishtiksha run`).",
+        ),
+    ] = None,
+) -> None:
+    """How often each face finder finds a face on the frames face-cues-v1 measures (clips with
+    a face in at least one frame, clips with enough for a verdict, mean share of frames), and
+    the seconds it spends per clip, every finder on the same decoded frames."""
+    from pydantic import ValidationError
+
+    from detectors import training as tr
+    from detectors.errors import DetectorError
+    from detectors.face_cues import KEY, FaceCuesConfig
+    from processor.bench import machine
+    from processor.bench_faces import bench_faces, parse_finders, parse_size
+    from processor.cli import _config, _fail, err, out
+    from processor.loader import decode_limits
+
+    cfg = _config(config)
+    try:
+        names = parse_finders(finders)
+        size = parse_size(pad_to) if pad_to is not None else None
+    except ValueError as exc:
+        _fail(str(exc))
+    try:
+        settings = FaceCuesConfig.model_validate(cfg.detectors.get(KEY, {}))
+    except ValidationError as exc:
+        _fail(f"detectors.{KEY}: {exc}")
+    try:
+        clips = tr.load_clips(data)[:limit]
+    except tr.DatasetError as exc:
+        _fail(str(exc))
+    command = f"drishtiksha bench faces --data {data} --finders {','.join(names)}"
+    command += (f" --pad-to {pad_to}" if pad_to else "") + (f" --limit {limit}" if limit else "")
+    command += f" --json {json_out}" if json_out else ""
+    from processor.progress import Steps
+
+    with Steps(err) as steps:
+        task = steps.add("clips, every finder", total=len(clips))
+        try:
+            report = bench_faces(
+                clips,
+                decode_limits(cfg),
+                cfg.decode.max_side,
+                settings,
+                names,
+                size,
+                task.advance,
+            )
+        except (DetectorError, FileNotFoundError) as exc:
+            _fail(str(exc), 1)
+    report = {"machine": machine(), "command": command, "data": str(data), **report}
+    out.print(f"machine: {report['machine']}")
+    load = report["load_before"], report["load_after"]
+    out.print(f"load average (1, 5, 15 min): before {load[0]}, after {load[1]}")
+    out.print(f"command: {command}", markup=False, highlight=False, soft_wrap=True)
+    table = Table(
+        "finder",
+        "clips with a face",
+        f"with >= {settings.min_faces} (judged)",
+        "mean share of frames",
+        "frames by BlazeFace",
+        "s/clip mean",
+        "s/clip median",
+    )
+    for name, row in report["finders"].items():
+        table.add_row(
+            name,
+            f"{row['clips_with_face']}/{row['clips']}",
+            str(row["clips_judged"]),
+            f"{row['mean_face_fraction']:.3f}" if row["mean_face_fraction"] is not None else "-",
+            str(row["frames_by_blazeface"]),
+            f"{row['seconds_per_clip_mean']:.3f}" if row["clips"] else "-",
+            f"{row['seconds_per_clip_median']:.3f}" if row["clips"] else "-",
+        )
+    out.print(table)
+    for name, row in report["finders"].items():
+        missed = row["clips_without_face"]
+        if missed:
+            shown = ", ".join(missed[:10])
+            more = (
+                f" and {len(missed) - 10} more (listed in the report)" if len(missed) > 10 else ""
+            )
+            out.print(
+                f"{name}: no face in {shown}{more}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+    if report["failed"]:
+        out.print(f"{len(report['failed'])} clips could not be decoded (listed in the report)")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=1) + "\n")

@@ -49,6 +49,7 @@ NOT_ON_GPU_HOSTS = frozenset(
         "matplotlib",
         "face_recognition_models",
         "onnxruntime",
+        "ai_edge_litert",
         "sklearn",
         "skimage",
         "aiohttp_jinja2",

@@ -142,6 +142,33 @@ def test_bench_queue_drains_every_job_exactly_once(tmp_path: Path) -> None:
     assert row.split("│")[2].strip() == "30"
 
 
+def test_bench_faces_writes_a_report_per_finder(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    make_video(tmp_path / "real" / "face.mp4", seconds=1.0, fps=10)
+    (tmp_path / "labels.csv").write_text("file,label\nreal/face.mp4,REAL\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"detectors": {"face-cues-v1": {"run_frames": 8}}}))
+    report = tmp_path / "faces.json"
+
+    args = ["--finders", "hog,hog+blazeface", "--pad-to", "1920x1080", "--json", str(report)]
+    result = runner.invoke(
+        app,
+        ["bench", "faces", "--data", str(tmp_path), *args, "--config", str(config)],
+        terminal_width=200,
+    )
+
+    assert result.exit_code == 0, result.output
+    written = json.loads(report.read_text())
+    assert list(written["finders"]) == ["hog", "hog+blazeface"]
+    assert written["finders"]["hog"]["clips_with_face"] == 0
+    assert written["finders"]["hog+blazeface"]["clips_with_face"] == 1
+    assert "--pad-to 1920x1080" in written["command"]
+    assert "hog: no face in real/face.mp4" in result.stdout
+    bad = runner.invoke(app, ["bench", "faces", "--data", str(tmp_path), "--pad-to", "4k"])
+    assert bad.exit_code == 2
+    assert "WIDTHxHEIGHT" in bad.output
+
+
 def _tiny_siglip() -> dict[str, object]:
     return {
         "hidden_size": 32,
