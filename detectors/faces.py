@@ -1,6 +1,6 @@
 """Find the main face in a frame, then its 68 dlib landmarks on the full frame.
 
-Two finders, chosen per detector (``face_finder``):
+Three ways to find it, chosen per detector (``face_finder``):
 
 - ``hog``: dlib's frontal HOG detector on a downscaled copy. Quick on faces that fill much of
   the frame, blind to faces under about 80 px in the copy (people standing in a room, filmed at
@@ -316,8 +316,9 @@ def _weighted_nms(
     every lower one that overlaps it by IoU above 0.3, weighted by score, and takes its score."""
     order = np.argsort(-scores, kind="stable")
     while len(order):
-        overlap = _iou(boxes[order[0]], boxes[order])
-        group = order[overlap > _NMS_IOU]
+        same = _iou(boxes[order[0]], boxes[order]) > _NMS_IOU
+        same[0] = True  # the best counts even when its box has no area (IoU 0 with itself)
+        group = order[same]
         weights = scores[group] / scores[group].sum()
         box = (boxes[group] * weights[:, None]).sum(axis=0)
         yield Detection(
@@ -325,7 +326,7 @@ def _weighted_nms(
             box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
             keypoints=(keypoints[group] * weights[:, None, None]).sum(axis=0),
         )
-        order = order[overlap <= _NMS_IOU]
+        order = order[~same]
 
 
 class FaceFinder:
