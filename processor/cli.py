@@ -13,7 +13,6 @@ import os
 import re
 import socket
 import sys
-from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -39,6 +38,7 @@ from processor.progress import Steps
 from storage.errors import StorageError
 
 if TYPE_CHECKING:
+    from processor.verdict import DetectorVote
     from storage.queue import JobView
 
 # Plain click help: paragraphs rewrapped to the terminal, no markup to leak into the text.
@@ -391,7 +391,7 @@ def _analyze_one(
 ) -> dict[str, Any]:
     from detectors.base import DetectorResult
     from detectors.errors import DetectorError
-    from processor.verdict import overall_verdict
+    from processor.verdict import DetectorVote, overall_verdict
 
     try:
         prepared = pipeline.prepare(path, keys)
@@ -423,7 +423,10 @@ def _analyze_one(
                     "details": {"reason": outcome.code, "message": outcome.message},
                 }
             )
-    votes = [_Vote(r["detector"], r["label"], r["fake_probability"], r["details"]) for r in results]
+    votes = [
+        DetectorVote(r["detector"], r["label"], r["fake_probability"], r["details"])
+        for r in results
+    ]
     return {"file": str(path), "verdict": overall_verdict(votes, fusion), "detectors": results}
 
 
@@ -1567,23 +1570,13 @@ def _cross_validate(
         out.print(f"held_out of {', '.join(updated)} in {manifest} now quotes {json_out}")
 
 
-@dataclass(frozen=True)
-class _Vote:
-    """One detector's result on one evaluation clip, as fusion reads it."""
-
-    detector: str
-    label: str
-    fake_probability: float | None
-    details: dict[str, Any] = field(default_factory=dict)
-
-
 def _evaluate(
     cfg: Config,
     built: dict[str, Any],
     clips: list[Any],
     cache_dir: Path | None,
     advance: Any,
-) -> list[dict[str, _Vote]]:
+) -> list[dict[str, DetectorVote]]:
     """Each clip's vote per detector, through ``Pipeline.prepare`` and
     ``Pipeline.predict`` in batches as the worker runs them. With a single cacheable detector,
     its cached prepared inputs stand in for ``prepare`` (they are its output for these bytes)."""
@@ -1594,6 +1587,7 @@ def _evaluate(
     from detectors.training import Failed, FeatureCache, Features
     from processor.loader import decode_limits
     from processor.pipeline import Pipeline, PreparedVideo
+    from processor.verdict import DetectorVote
 
     pipeline = Pipeline(built, decode_limits(cfg), cfg.decode.max_side)
     keys = list(built)
@@ -1601,7 +1595,7 @@ def _evaluate(
     cacheable = (ColorCuesDetector, FaceCuesDetector)
     if cache_dir is not None and len(keys) == 1 and isinstance(built[keys[0]], cacheable):
         cache = _feature_source(cfg, built[keys[0]], cache_dir)[1]
-    results: list[dict[str, _Vote]] = [{} for _ in clips]
+    results: list[dict[str, DetectorVote]] = [{} for _ in clips]
     pending: list[tuple[int, PreparedVideo]] = []
 
     def flush() -> None:
@@ -1609,9 +1603,11 @@ def _evaluate(
         for (i, _), outcome in zip(pending, predicted, strict=True):
             for key, o in outcome.outcomes.items():
                 if isinstance(o, DetectorResult):
-                    results[i][key] = _Vote(key, o.label.value, o.fake_probability, o.details)
+                    results[i][key] = DetectorVote(
+                        key, o.label.value, o.fake_probability, o.details
+                    )
                 else:
-                    results[i][key] = _Vote(key, "ABSTAIN", None)
+                    results[i][key] = DetectorVote(key, "ABSTAIN", None)
         pending.clear()
 
     for i, clip in enumerate(clips):
@@ -1630,7 +1626,7 @@ def _evaluate(
         except DetectorError as exc:
             if exc.retryable:
                 raise
-            results[i] = {k: _Vote(k, "ABSTAIN", None) for k in keys}
+            results[i] = {k: DetectorVote(k, "ABSTAIN", None) for k in keys}
         else:
             pending.append((i, prepared))
             if len(pending) >= cfg.batching.max_videos:
@@ -1645,20 +1641,20 @@ def _eval_report(
     cfg: Config,
     built: dict[str, Any],
     clips: list[Any],
-    outcomes: list[dict[str, _Vote]],
+    outcomes: list[dict[str, DetectorVote]],
     resamples: int,
     seed: int,
 ) -> dict[str, Any]:
     from detectors.evaluation import binary_report
     from detectors.training import LABEL_NAMES, per_dataset
-    from processor.verdict import overall_verdict
+    from processor.verdict import DetectorVote, overall_verdict
 
     labels = [c.label for c in clips]
     groups = [c.group for c in clips]
     scored: dict[str, list[tuple[str, float | None]]] = {
         key: [
             (v.label, v.fake_probability)
-            for v in (o.get(key, _Vote(key, "ABSTAIN", None)) for o in outcomes)
+            for v in (o.get(key, DetectorVote(key, "ABSTAIN", None)) for o in outcomes)
         ]
         for key in built
     }

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from detectors.evaluation import binary_report
 from detectors.manifest import HeldOut, read_manifest, register
 from detectors.training import LABEL_NAMES, Clip, Features, per_dataset
 from processor.config import FusionConfig
-from processor.verdict import overall_verdict
+from processor.verdict import DetectorVote, overall_verdict
 
 SCHEMA = "drishtiksha.eval/1"
 METHOD = "leave one group out"
@@ -54,16 +54,6 @@ def recipes() -> dict[str, Recipe]:
     }
 
 
-@dataclass(frozen=True)
-class _Vote:
-    """One detector's out-of-fold result on one clip, as fusion reads it."""
-
-    detector: str
-    label: str
-    fake_probability: float | None
-    details: dict[str, Any] = field(default_factory=dict)
-
-
 def build_report(
     clips: Sequence[Clip],
     votes: Mapping[str, Predictions],
@@ -79,7 +69,7 @@ def build_report(
     fused: list[dict[str, Any] | None] = [None] * len(clips)
     if len(votes) > 1:
         fused = [
-            overall_verdict([_Vote(k, *votes[k][i]) for k in votes], fusion)
+            overall_verdict([DetectorVote(k, *votes[k][i]) for k in votes], fusion)
             for i in range(len(clips))
         ]
         scored[f"fused ({fusion.rule})"] = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +32,16 @@ class Vote(Protocol):
 
     @property
     def details(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class DetectorVote:
+    """A detector's result held in memory (``analyze``, ``eval``), as fusion reads it."""
+
+    detector: str
+    label: str
+    fake_probability: float | None
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def overall_verdict(results: Sequence[Vote], fusion: FusionConfig | None = None) -> dict[str, Any]:
