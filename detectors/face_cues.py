@@ -124,7 +124,7 @@ class FaceCuesConfig(CalibratedConfig):
     face_upsample: int = Field(
         0, ge=0, le=2, description="dlib upsampling passes; each finds smaller faces, 4x cost."
     )
-    face_finder: FaceFinderName = Field("hog+blazeface", description=FACE_FINDER_HELP)
+    face_finder: FaceFinderName = Field("blazeface+hog", description=FACE_FINDER_HELP)
 
     @model_validator(mode="after")
     def _faces_fit_the_run(self) -> Self:

@@ -10,6 +10,8 @@ Three ways to find it, chosen per detector (``face_finder``):
   192 x 192, then, when that finds nothing, on overlapping tiles at twice the resolution. It
   finds faces down to about 10 px of its input, but misses some close-ups that fill the frame.
 - ``hog+blazeface``: HOG, and BlazeFace only on the frames where HOG finds nothing.
+- ``blazeface+hog``: BlazeFace, and HOG only on the frames where BlazeFace finds nothing (the
+  close-ups): nearly BlazeFace's cost, nearly HOG's coverage of close-ups.
 
 Whichever finds the box, the landmarks come from the same dlib predictor, so what detectors
 measure on them keeps its meaning. A BlazeFace box is turned into the box HOG would draw around
@@ -36,12 +38,13 @@ from detectors.weights import WeightsError, WeightsUnreadable
 
 _LANDMARKS_FILE = "shape_predictor_68_face_landmarks.dat"
 
-FaceFinderName = Literal["hog", "blazeface", "hog+blazeface"]
+FaceFinderName = Literal["hog", "blazeface", "hog+blazeface", "blazeface+hog"]
 FACE_FINDERS: tuple[FaceFinderName, ...] = get_args(FaceFinderName)
 FACE_FINDER_HELP = (
     "How faces are found: hog (dlib's HOG detector on a downscaled copy), blazeface "
-    "(mediapipe's full-range BlazeFace: finds small faces), or hog+blazeface (BlazeFace only "
-    "on frames where HOG finds none)."
+    "(mediapipe's full-range BlazeFace: finds small faces), hog+blazeface (BlazeFace only "
+    "on frames where HOG finds none), or blazeface+hog (HOG only on frames where BlazeFace "
+    "finds none)."
 )
 # The name of the BlazeFace model in weights/manifest.json's ``models``.
 BLAZEFACE_MODEL = "blazeface-full-range"
@@ -330,7 +333,7 @@ def _weighted_nms(
 
 
 class FaceFinder:
-    """A face finder (``method``: ``hog``, ``blazeface`` or ``hog+blazeface``) plus dlib's
+    """A face finder (``method``: one of ``FACE_FINDERS``, see the module's notes) plus dlib's
     68-landmark predictor, loaded on first use.
 
     HOG cost grows with the pixel count (about 80 fps at 640x360 but 9 fps at 1080p on one
@@ -412,10 +415,15 @@ class FaceFinder:
         if self._predictor is None:
             self.load()
         image = np.ascontiguousarray(rgb, dtype=np.uint8)
-        box = self._hog_box(image) if self.method != "blazeface" else None
-        found_by = "hog"
-        if box is None and self.blazeface is not None:
-            box, found_by = self._blazeface_box(image, near), "blazeface"
+        box: tuple[int, int, int, int] | None = None
+        found_by = ""
+        for finder in self.method.split("+"):
+            if finder == "hog":
+                box, found_by = self._hog_box(image), "hog"
+            else:
+                box, found_by = self._blazeface_box(image, near), "blazeface"
+            if box is not None:
+                break
         if box is None:
             return None
         shape = self._predictor(image, dlib.rectangle(*box))

@@ -69,6 +69,7 @@ ROUTES: list[tuple[str, str, Handler, Access]] = [
     ("GET", "/openapi.json", api_docs.openapi_json, None),
     ("GET", "/docs", api_docs.docs_page, None),
     ("GET", "/docs/init.js", api_docs.docs_init, None),
+    ("GET", "/redoc", api_docs.redoc_page, None),
     ("POST", "/analyze", api_seed.analyze, "submit"),
     ("POST", "/analyze/detailed", api_seed.analyze_detailed, "submit"),
     ("POST", "/analyze/frames", api_seed.analyze_frames, "submit"),

@@ -42,7 +42,7 @@ from processor.files import sha256_file
 from processor.verdict import explained, overall_verdict, result_document, video_document
 from storage.db import ping
 from storage.errors import StorageError
-from storage.queue import JobState, StoredResult
+from storage.queue import JobState, StoredResult, WorkerView
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +112,43 @@ def _time_param(request: web.Request, name: str) -> dt.datetime | None:
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
 
 
+def loaded_detectors(workers: list[WorkerView]) -> dict[str, list[dict[str, Any]]]:
+    """What the live workers sharing the database have loaded, per detector key: each one's
+    version, weights, device and frames, as published in its heartbeat. The database is what
+    every process of every role sees alike, so the API answers from it, not from a worker of
+    its own."""
+    loaded: dict[str, list[dict[str, Any]]] = {}
+    for worker in workers:
+        caps = worker.capabilities or {}
+        if not worker.alive:
+            continue
+        for key, published in (caps.get("detectors") or {}).items():
+            if not isinstance(published, dict) or "version" not in published:
+                continue  # a document this release does not know how to read
+            loaded.setdefault(key, []).append({**published, "device": caps.get("device")})
+    return loaded
+
+
 def _cached(state: ApiState, sha256: str, detectors: list[str]) -> list[StoredResult] | None:
-    """Stored results for these bytes from every detector at its loaded version and weights,
-    or None. Only a process with a worker knows which weights are loaded."""
-    if state.worker is None:
-        return None
+    """Stored results for these bytes from every detector at a version and weights a live
+    worker has loaded (what a new job would be judged with), or None."""
+    loaded = loaded_detectors(state.queue.workers(state.config.queue.lease_s))
+    classes = registry.available()
     hits: list[StoredResult] = []
     for key in detectors:
-        det = state.worker.pipeline.detectors[key]
-        hit = state.queue.find_cached(
-            sha256, key, det.version, det.weights_id, det.final_abstentions
+        final = classes[key].final_abstentions if key in classes else frozenset[str]()
+        hit = next(
+            (
+                found
+                for d in loaded.get(key, [])
+                if (
+                    found := state.queue.find_cached(
+                        sha256, key, str(d["version"]), str(d["weights_id"]), final
+                    )
+                )
+                is not None
+            ),
+            None,
         )
         if hit is None:
             return None
@@ -450,14 +477,16 @@ async def get_video(request: web.Request) -> web.Response:
 
 
 def detector_report(state: ApiState) -> list[dict[str, Any]]:
-    """Every detector this build knows: version, whether it is configured and loaded here, and
-    why not."""
+    """Every detector this build knows: version, whether it is configured, whether a live
+    worker sharing the database has it loaded (with what weights, where), and why not. The
+    same answer from every process, whatever its role."""
     found, failed = registry.available(), registry.unavailable()
-    loaded = state.worker.pipeline.detectors if state.worker is not None else {}
+    loaded = loaded_detectors(state.queue.workers(state.config.queue.lease_s))
     rows: list[dict[str, Any]] = []
     for key in sorted({*found, *failed, *state.config.detectors}):
         section = state.config.detectors.get(key)
-        det = loaded.get(key)
+        held = loaded.get(key, [])
+        first = held[0] if held else None
         reason: str | None = None
         if key in failed:
             reason = failed[key]
@@ -467,19 +496,20 @@ def detector_report(state: ApiState) -> list[dict[str, Any]]:
             reason = "not configured (no section under detectors)"
         elif key not in state.detector_keys:
             reason = "configured, but no inbox uses it, so no worker loads it"
-        elif state.worker is None:
-            reason = "this process runs no worker (role api); workers load it"
+        elif first is None:
+            reason = "no live worker has it loaded (none running, or still starting)"
         cls = found.get(key)
         rows.append(
             {
                 "key": key,
                 "version": cls.version if cls is not None else None,
                 "configured": section is not None,
-                "loaded": det is not None,
-                "weights": det.weights_id if det is not None else None,
-                "dummy_weights": det.weights_id == "dummy" if det is not None else None,
-                "device": state.device if det is not None else None,
-                "num_frames": det.num_frames if det is not None else None,
+                "loaded": first is not None,
+                "workers": len(held),
+                "weights": first.get("weights_id") if first else None,
+                "dummy_weights": first.get("weights_id") == "dummy" if first else None,
+                "device": first.get("device") if first else None,
+                "num_frames": first.get("num_frames") if first else None,
                 "reason": reason,
             }
         )
@@ -493,7 +523,7 @@ async def list_detectors(request: web.Request) -> web.Response:
         {
             "device": state.device,
             "default": list(state.config.inboxes[0].detectors),
-            "detectors": detector_report(state),
+            "detectors": await io(detector_report, state),
         }
     )
 
@@ -582,7 +612,11 @@ async def _readiness(state: ApiState) -> tuple[bool, dict[str, Any]]:
             {"detectors": keys.split(",") if keys else [], "queued": n}
             for keys, n in (await io(state.queue.stranded, lease_s)).items()
         ]
-    report = {row["key"]: row for row in detector_report(state) if row["configured"]}
+    try:
+        rows = await io(detector_report, state)
+    except StorageError:
+        rows = []  # the database's state is reported above
+    report = {row["key"]: row for row in rows if row["configured"]}
     if worker is not None:
         ready = ready and all(report[k]["loaded"] for k in state.detector_keys if k in report)
     body["detectors"] = {

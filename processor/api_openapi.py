@@ -714,6 +714,14 @@ def _paths(detector_keys: list[str], request_timeout_s: float) -> dict[str, Any]
                 "responses": {"200": _response("HTML page.", _STR, "text/html")},
             }
         },
+        "/redoc": {
+            "get": {
+                "tags": ["operations"],
+                "summary": "Reference documentation (ReDoc)",
+                "security": [{}],
+                "responses": {"200": _response("HTML page.", _STR, "text/html")},
+            }
+        },
         "/analyze": _seed_analysis("Quick analysis", "SeedQuick", detector_keys),
         "/analyze/detailed": _seed_analysis("Detailed analysis", "SeedDetailed", detector_keys),
         "/analyze/frames": _seed_analysis("Frame-by-frame analysis", "SeedFrames", detector_keys),

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from detectors import registry
 from detectors.base import FrameScore
 from detectors.temporal import TemporalAnalysis, analyse
 from processor.api_common import STATE, ApiError, ApiState, io, iso, now_iso, wait_for_job
@@ -77,6 +78,7 @@ async def service_info(request: web.Request) -> web.Response:
             "available_models": state.detector_keys,
             "default_model": state.config.api.default_model,
             "docs": "/docs",
+            "redoc": "/redoc",
             "openapi": "/openapi.json",
             "timestamp": now_iso(),
         }
@@ -184,7 +186,7 @@ async def analyze_detailed(request: web.Request) -> web.Response:
     body = _base(model, job, result)
     ta = _temporal(result)
     rolling = ta["rolling_mean"][-1] if ta["rolling_mean"] else None
-    det = state.worker.pipeline.detectors.get(model) if state.worker is not None else None
+    cls = registry.available().get(model)
     body["analysis_details"] = {
         "frame_count": ta["frames"],
         "avg_confidence": _in_prediction_scale(ta["mean"], body["prediction"]),
@@ -194,7 +196,7 @@ async def analyze_detailed(request: web.Request) -> web.Response:
     }
     body["model_info"] = {
         "version": result.version,
-        "architecture": _ARCHITECTURES.get(model, type(det).__name__ if det else model),
+        "architecture": _ARCHITECTURES.get(model, cls.__name__ if cls else model),
         "device": state.device or "unknown",
     }
     body["system_info"] = _system_info(state)

@@ -2,7 +2,7 @@
 has no network, prepared here in one folder of at most 64 MiB.
 
 The GPU hosts seen have Python 3.12 with torch, transformers, NumPy, OpenCV, PyYAML, rich,
-typer and pytest, and none of PyAV, SQLAlchemy, watchdog, apscheduler, pydantic or dlib. The
+typer and pytest, and none of PyAV, SQLAlchemy, watchdog, pydantic or dlib. The
 benchmark's imports stay in the detectors and the pipeline, so it needs only the wheels in
 ``CARRIED`` (a test checks that each is imported and that nothing else missing there is). The
 folder holds those wheels (the versions installed here, built for the host's Python), this
@@ -40,7 +40,6 @@ NOT_ON_GPU_HOSTS = frozenset(
         "sqlalchemy",
         "alembic",
         "watchdog",
-        "apscheduler",
         "aiobotocore",
         "botocore",
         "c2pa",

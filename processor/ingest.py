@@ -17,11 +17,9 @@ import os
 import stat
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC
 from pathlib import Path
 from time import monotonic
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watchdog.events import (
     FileClosedEvent,
     FileCreatedEvent,
@@ -154,8 +152,8 @@ class FolderWatcher:
         self._in_flight: dict[Path, asyncio.Task[None]] = {}
         self._handed_over: dict[Path, _HandedOver] = {}
         self._observer: BaseObserver | None = None
-        self._scheduler: AsyncIOScheduler | None = None
         self._checker: asyncio.Task[None] | None = None
+        self._rescanner: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start the observer, scan the folder once, then check and rescan periodically."""
@@ -191,17 +189,9 @@ class FolderWatcher:
         # Scan after the observer is up, so a file arriving in between is seen by one of them.
         await self.rescan()
         self._checker = asyncio.create_task(self._check_loop(), name=f"ingest:{self._folder}")
-        scheduler = AsyncIOScheduler(timezone=UTC)
-        scheduler.add_job(
-            self.rescan,
-            "interval",
-            seconds=self._rescan_s,
-            coalesce=True,
-            max_instances=1,
-            misfire_grace_time=None,
+        self._rescanner = asyncio.create_task(
+            self._rescan_loop(), name=f"ingest-rescan:{self._folder}"
         )
-        scheduler.start()
-        self._scheduler = scheduler
         logger.info(
             "watching %s (%s)",
             self._folder,
@@ -210,14 +200,12 @@ class FolderWatcher:
 
     async def stop(self) -> None:
         """Stop watching and wait for callbacks already running to finish."""
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
-        if self._checker is not None:
-            self._checker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checker
-            self._checker = None
+        for task in (self._rescanner, self._checker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._rescanner = self._checker = None
         if self._observer is not None:
             self._observer.stop()
             await asyncio.to_thread(self._observer.join)
@@ -288,6 +276,18 @@ class FolderWatcher:
     def _gone(self, path: Path) -> None:
         self._candidates.pop(path, None)
         self._handed_over.pop(path, None)
+
+    async def _rescan_loop(self) -> None:
+        # Each wait starts when the previous rescan ends, so a slow share is never scanned by
+        # two rescans at once and a backlog of missed ones never runs back to back.
+        while True:
+            await asyncio.sleep(self._rescan_s)
+            try:
+                await self.rescan()
+            except Exception:
+                logger.exception(
+                    "rescan of %s failed; trying again in %s s", self._folder, self._rescan_s
+                )
 
     async def _check_loop(self) -> None:
         while True:

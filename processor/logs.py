@@ -33,5 +33,3 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # apscheduler logs every run of the periodic rescan at INFO; that is noise in a daemon log.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)

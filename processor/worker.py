@@ -93,7 +93,11 @@ def capabilities(pipeline: Pipeline, device: str | None) -> dict[str, Any]:
         version = "unknown"
     return {
         "detectors": {
-            key: {"version": det.version, "weights_id": det.weights_id}
+            key: {
+                "version": det.version,
+                "weights_id": det.weights_id,
+                "num_frames": det.num_frames,
+            }
             for key, det in pipeline.detectors.items()
         },
         "device": device,

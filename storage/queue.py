@@ -175,7 +175,7 @@ class WorkerView:
     stopped_at: dt.datetime | None
     alive: bool  # heartbeat recent enough and not stopped
     held_jobs: list[str]
-    # {"detectors": {key: {"version", "weights_id"}}, "device", "version"}; None: not published.
+    # {"detectors": {key: {"version", "weights_id", "num_frames"}}, "device", ...}; None: none.
     capabilities: dict[str, Any] | None = None
     dead_after_s: float | None = None  # None: the reader's default applies
 

@@ -303,6 +303,16 @@ async def test_same_bytes_are_answered_from_stored_results(start_api: Start, cli
     assert [j["id"] for j in page["jobs"]] == [first["id"]], "no second job"
     await until(lambda: live.leftovers() == [], "the upload's copy to go")
 
+    # A process without a worker (role api) answers alike: what the live workers have loaded
+    # is in the database, not in the process.
+    api_only = await start_api(worker=False)
+    status, again, _ = await api_only.upload("/v1/jobs", clip.read_bytes(), filename="3.mp4")
+    assert status == 200, again
+    assert again["results"][0]["cached_from_job"] == first["id"]
+    _, detectors, _ = await api_only.call("GET", "/v1/detectors")
+    [row] = [d for d in detectors["detectors"] if d["key"] == DETECTOR]
+    assert (row["loaded"], row["weights"], row["num_frames"]) == (True, "dummy", 8)
+
     # Other bytes are a new job.
     other = make_video(live.upload_dir.parent / "other.mp4", seconds=1.0, fps=12)
     status, job, _ = await live.upload("/v1/jobs?wait=60", other.read_bytes())
@@ -536,7 +546,7 @@ async def test_every_protected_route_checks_key_and_scope(start_api: Start) -> N
         for key in (right, ENV_KEY):
             status, _, _ = await live.call(method, path, key=key)
             assert status not in (401, 403), (method, path, key)
-    for path in ("/", "/health", "/metrics", "/openapi.json", "/docs"):
+    for path in ("/", "/health", "/metrics", "/openapi.json", "/docs", "/redoc"):
         status, _, _ = await live.call("GET", path)
         assert status == 200, path
 
@@ -714,12 +724,20 @@ async def test_health_follows_the_worker(start_api: Start) -> None:
 
 async def test_detectors(start_api: Start) -> None:
     live = await start_api()
-    status, body, _ = await live.call("GET", "/v1/detectors")
+    # What is loaded comes from the workers' heartbeats in the database: the first one is
+    # recorded as the worker starts.
+    for _ in range(100):
+        status, body, _ = await live.call("GET", "/v1/detectors")
+        rows = {d["key"]: d for d in body["detectors"]}
+        if rows[DETECTOR]["loaded"]:
+            break
+        assert rows[DETECTOR]["reason"].startswith("no live worker")
+        await asyncio.sleep(0.05)
     assert status == 200
     assert body["device"] == "cpu"
     assert body["default"] == [DETECTOR]
-    rows = {d["key"]: d for d in body["detectors"]}
     assert rows[DETECTOR]["loaded"] is True
+    assert rows[DETECTOR]["workers"] == 1
     assert rows[DETECTOR]["weights"] == "dummy"
     assert rows[DETECTOR]["num_frames"] == 8
     assert rows[DETECTOR]["reason"] is None
@@ -740,16 +758,104 @@ async def test_openapi_and_docs(start_api: Start) -> None:
     from processor.api import ROUTES
 
     assert documented == {(m, p) for m, p, _, _ in ROUTES if p != "/docs/init.js"}
-    status, page, headers = await live.call("GET", "/docs")
-    assert status == 200
-    assert "swagger-ui-bundle.js" in page
-    assert "'self'" in headers["Content-Security-Policy"]
-    assert "http" not in page.replace("http-equiv", ""), "no asset from elsewhere"
-    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "swagger-ui-standalone-preset.js"):
-        status, _, _ = await live.call("GET", f"/docs/static/{asset}")
-        assert status == 200, asset
-    status, _, _ = await live.call("GET", "/docs/static/../../api.py")
-    assert status in (403, 404)
+    for path, script in (
+        ("/docs", "/docs/static/swagger-ui-bundle.js"),
+        ("/redoc", "/redoc/static/redoc.standalone.js"),
+    ):
+        status, page, headers = await live.call("GET", path)
+        assert status == 200, path
+        assert headers["Content-Type"].startswith("text/html"), path
+        assert f'src="{script}"' in page, path
+        assert "'self'" in headers["Content-Security-Policy"], path
+        assert "unsafe-eval" not in headers["Content-Security-Policy"], path
+        assert "http" not in page.replace("http-equiv", ""), "no asset from elsewhere"
+    script = {"text/javascript", "application/javascript"}
+    for asset, kinds in (
+        ("/docs/static/swagger-ui-bundle.js", script),
+        ("/docs/static/swagger-ui-standalone-preset.js", script),
+        ("/docs/static/swagger-ui.css", {"text/css"}),
+        ("/docs/static/index.css", {"text/css"}),
+        ("/docs/static/favicon-32x32.png", {"image/png"}),
+        ("/docs/init.js", script),
+        ("/redoc/static/redoc.standalone.js", script),
+    ):
+        async with live.session.get(live.url(asset)) as r:
+            assert r.status == 200, asset
+            assert r.content_type in kinds, asset
+    for escape in ("/docs/static/../../api.py", "/redoc/static/../../api.py"):
+        status, _, _ = await live.call("GET", escape)
+        assert status in (403, 404), escape
+
+
+def test_vendored_docs_assets_match_their_provenance_note() -> None:
+    """Every file served under /docs/static and /redoc/static is listed, with its sha256, in the
+    note that says where it came from."""
+    from processor.api_docs import ASSETS
+
+    note = (ASSETS / "README.md").read_text()
+    listed = dict(re.findall(r"^\| `([^`]+)`[^|]*\| `([0-9a-f]{64})` \|$", note, re.MULTILINE))
+    served = sorted(p for p in ASSETS.glob("*/*") if p.is_file())
+    assert served
+    for path in served:
+        name = path.relative_to(ASSETS).as_posix()
+        assert listed.get(name) == hashlib.sha256(path.read_bytes()).hexdigest(), name
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+# ReDoc's Redocly logo, which the page's policy keeps from being fetched (see api_docs).
+REDOCLY_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
+async def test_docs_pages_render_in_chromium(start_api: Start, database_url: str) -> None:
+    """Swagger UI and ReDoc draw the document in a real browser under their pages' policies,
+    fetching nothing from anywhere but the daemon."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the pages never touch the database; once is enough")
+    playwright_api = pytest.importorskip("playwright.async_api")
+    live = await start_api(worker=False)
+    # A name that is not loopback, as a newsroom's host would be: Swagger UI only calls its
+    # online validator for documents served from elsewhere than localhost.
+    origin = f"http://docs.test:{live.port}"
+    problems: list[str] = []
+
+    async def only_the_daemon(route: Any) -> None:
+        if route.request.url.startswith(origin + "/"):
+            await route.continue_()
+        else:
+            problems.append(f"fetched {route.request.url}")
+            await route.abort()
+
+    def console(message: Any) -> None:
+        if message.type == "error" and REDOCLY_LOGO not in message.text:
+            problems.append(message.text)
+
+    async with playwright_api.async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--host-resolver-rules=MAP docs.test 127.0.0.1",
+            ],
+        )
+        try:
+            page = await browser.new_page()
+            page.set_default_timeout(30_000)
+            await page.route("**/*", only_the_daemon)
+            page.on("console", console)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            for path, title in (("/docs", ".info .title"), ("/redoc", ".api-info h1")):
+                await page.goto(origin + path)
+                await playwright_api.expect(page.locator(title)).to_contain_text("Drishtiksha")
+            # ReDoc searches in a worker; the page's policy must let it start.
+            await page.fill(".search-input", "review")
+            found = page.get_by_role("search").get_by_role("menuitem")
+            await playwright_api.expect(found.first).to_be_visible()
+        finally:
+            await browser.close()
+    assert problems == []
 
 
 async def test_worker_state_stays_in_the_database(start_api: Start, clip: Path) -> None:

@@ -321,7 +321,7 @@ async def test_a_worker_publishes_what_it_runs_and_takes_over_a_dead_workers_job
         assert me.capabilities is not None
         assert me.capabilities["device"] == "cpu"
         assert set(me.capabilities["detectors"]) == {C2PA}
-        assert set(me.capabilities["detectors"][C2PA]) == {"version", "weights_id"}
+        assert set(me.capabilities["detectors"][C2PA]) == {"version", "weights_id", "num_frames"}
         assert isinstance(me.capabilities["version"], str)
         assert worker.alive()
         first_beat = me.heartbeat_at

@@ -209,6 +209,40 @@ async def test_rescan_finds_a_file_the_observer_never_reported(
     assert digest == sha256(b"missed")
 
 
+async def test_periodic_rescan_outlives_a_failed_one_and_stops_with_the_watcher(
+    tmp_path: Path,
+    start_watcher: MakeWatcher,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    recorder = Recorder()
+    watcher = await start_watcher(
+        tmp_path, recorder, polling=True, polling_interval_s=3600, rescan_s=0.2
+    )
+    scan = watcher._scan
+    scans = 0
+
+    def flaky_scan() -> list[Path]:
+        nonlocal scans
+        scans += 1
+        if scans == 1:
+            raise RuntimeError("simulated share failure")
+        return scan()
+
+    monkeypatch.setattr(watcher, "_scan", flaky_scan)
+    (tmp_path / "missed.mp4").write_bytes(b"missed")
+
+    path, _ = await recorder.next()
+
+    assert path == tmp_path / "missed.mp4"
+    assert scans >= 2
+    assert "simulated share failure" in caplog.text
+    await watcher.stop()
+    stopped_at = scans
+    await asyncio.sleep(0.6)
+    assert scans == stopped_at, "rescans went on after stop()"
+
+
 async def test_file_growing_without_events_waits_for_size_and_mtime_to_settle(
     tmp_path: Path, start_watcher: MakeWatcher
 ) -> None:
