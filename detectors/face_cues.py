@@ -24,6 +24,13 @@ calibration: one ``frame_scores`` entry per window with three faces or more, at 
 The model was trained and calibrated on whole clips' cues, so window scores are indicative
 (where in the run the cues look most repainted), not verdicts; the clip's probability and
 label come from the whole run alone, exactly as without windows.
+
+Several people in view: the largest face is followed as before, and up to ``max_faces - 1``
+others, spotted in a look at the whole frame every ``_SPOT_EVERY`` frames, are each followed
+over the run and measured alike. Every face seen in ``min_faces`` frames or more is scored, and
+the verdict is the most suspicious one's, with its box and track number (0 is the largest
+face). Training and evaluation read the largest face's cues only (the feature cache keeps no
+others).
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from detectors.base import (
     describe,
 )
 from detectors.errors import DetectorError
-from detectors.faces import FACE_FINDER_HELP, Face, FaceFinder, FaceFinderName
+from detectors.faces import FACE_FINDER_HELP, Face, FaceFinder, FaceFinderName, iou
 from detectors.manifest import (
     CalibratedConfig,
     CalibratedDetector,
@@ -104,6 +111,11 @@ _EYES = slice(36, 48)
 _LEFT_EYE, _RIGHT_EYE = slice(36, 42), slice(42, 48)
 _MOUTH = slice(48, 68)
 _EPS = 1e-6
+# Other people are looked for in the whole frame on every this many frames of the run (its
+# first included), so someone who walks in is followed from there.
+_SPOT_EVERY = 16
+# A face overlapping one already followed this much is that face.
+_SAME_FACE_IOU = 0.3
 
 
 class FaceCuesConfig(CalibratedConfig):
@@ -125,6 +137,14 @@ class FaceCuesConfig(CalibratedConfig):
         0, ge=0, le=2, description="dlib upsampling passes; each finds smaller faces, 4x cost."
     )
     face_finder: FaceFinderName = Field("blazeface+hog", description=FACE_FINDER_HELP)
+    # Not one of feature_settings: training and evaluation read the largest face alone.
+    max_faces: int = Field(
+        4,
+        ge=1,
+        le=8,
+        description="People followed and judged apart; the verdict is the most suspicious "
+        "one's (1: the largest face only).",
+    )
 
     @model_validator(mode="after")
     def _faces_fit_the_run(self) -> Self:
@@ -163,6 +183,21 @@ class FaceCuesInput:
     # cues were kept (the training feature cache: training and evaluation use no windows).
     window_cues: np.ndarray = field(default_factory=lambda: np.zeros((0, len(CUES))))
     window_times: tuple[float, ...] = ()
+    # Where the largest face was first seen: (left, top, right, bottom) as fractions of the
+    # frame; None where not kept (the training feature cache).
+    box: tuple[float, float, float, float] | None = None
+    others: tuple[OtherFace, ...] = ()
+
+
+@dataclass(frozen=True)
+class OtherFace:
+    """Another person in view, followed over the run: track number, where first seen (as
+    ``FaceCuesInput.box``), cues and frames with this face."""
+
+    track: int
+    box: tuple[float, float, float, float]
+    cues: np.ndarray
+    frames_with_face: int
 
 
 @dataclass(frozen=True)
@@ -347,17 +382,74 @@ def measure_frames(
     run: Sequence[np.ndarray], finder: FaceFinder, max_side: int
 ) -> list[_Frame | None]:
     """What each frame of a run of consecutive RGB frames contributes (None: no usable face)."""
-    measured: list[_Frame | None] = []
-    faces = finder.track()
-    for rgb in run:
+    return measure_faces(run, finder, max_side, 1)[0].measured
+
+
+@dataclass
+class FaceTrackRun:
+    """One person's face over a run: what each frame contributes, where it was first seen (as
+    ``FaceCuesInput.box``) and the last box found (where to look next)."""
+
+    track: int
+    measured: list[_Frame | None] = field(default_factory=list)
+    box: tuple[float, float, float, float] | None = None
+    last: tuple[int, int, int, int] | None = None
+
+    def add(self, rgb: np.ndarray, face: Face | None) -> None:
+        self.measured.append(_measure(rgb, face) if face is not None else None)
+        if face is None:
+            return  # looked for around the last box again in the next frame
+        self.last = face.box
+        if self.box is None:
+            rows, cols = rgb.shape[:2]
+            left, top, right, bottom = face.box
+            self.box = (
+                round(left / cols, 4),
+                round(top / rows, 4),
+                round(right / cols, 4),
+                round(bottom / rows, 4),
+            )
+
+
+def measure_faces(
+    run: Sequence[np.ndarray], finder: FaceFinder, max_side: int, max_faces: int
+) -> list[FaceTrackRun]:
+    """Each person's face over a run of consecutive RGB frames: the largest face first (as
+    ``FaceTrack`` follows it), then up to ``max_faces - 1`` others, each followed from the
+    frame it was spotted in (the frames before it are None)."""
+    main = finder.track()
+    tracks = [FaceTrackRun(0)]
+    for index, rgb in enumerate(run):
         rows, cols = rgb.shape[:2]
         scale = min(1.0, max_side / max(rows, cols))
         if scale < 1.0:
             size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
             rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
-        face = faces.find(rgb)
-        measured.append(_measure(rgb, face) if face is not None else None)
-    return measured
+        face = main.find(rgb)
+        tracks[0].add(rgb, face)
+        taken = [face.box] if face is not None else []
+        for track in tracks[1:]:
+            assert track.last is not None  # every other track starts from a face
+            found = finder.follow(rgb, track.last)
+            if found is not None and any(iou(found.box, b) > _SAME_FACE_IOU for b in taken):
+                found = None  # it ran into a face already followed: not this person here
+            track.add(rgb, found)
+            if found is not None:
+                taken.append(found.box)
+        if len(tracks) < max_faces and index % _SPOT_EVERY == 0:
+            for box in finder.boxes(rgb):
+                if len(tracks) >= max_faces:
+                    break
+                if any(iou(box, b) > _SAME_FACE_IOU for b in taken):
+                    continue
+                spotted = finder.follow(rgb, box)
+                if spotted is None or any(iou(spotted.box, b) > _SAME_FACE_IOU for b in taken):
+                    continue
+                track = FaceTrackRun(len(tracks), [None] * index)
+                track.add(rgb, spotted)
+                tracks.append(track)
+                taken.append(spotted.box)
+    return tracks
 
 
 def cues_of(measured: Sequence[_Frame | None]) -> FaceCuesInput | NoFace:
@@ -483,16 +575,26 @@ class FaceCuesDetector(CalibratedDetector[FaceCuesConfig]):
         self._faces.load()
 
     def prepare(self, frames: SampledFrames) -> FaceCuesInput | NoFace:
-        """The cues of the run and of its windows (faces found once per frame, on the CPU)."""
+        """The cues of the run and of its windows, and of each other face followed over the
+        run (faces found once per frame, on the CPU)."""
         cfg = self.config
-        measured = measure_frames(frames.run, self._faces, cfg.analysis_max_side)
-        found = cues_of(measured)
+        main, *rest = measure_faces(frames.run, self._faces, cfg.analysis_max_side, cfg.max_faces)
+        found = cues_of(main.measured)
         if isinstance(found, NoFace):
             return found
         if found.frames_with_face < cfg.min_faces:
             return NoFace(found.frames_sampled, found.frames_with_face)
-        windows, times = window_cues(measured, frames.run_timestamps)
-        return dataclasses.replace(found, window_cues=windows, window_times=times)
+        windows, times = window_cues(main.measured, frames.run_timestamps)
+        others = tuple(
+            OtherFace(track.track, track.box, cues.cues, cues.frames_with_face)
+            for track in rest
+            if track.box is not None
+            and isinstance(cues := cues_of(track.measured), FaceCuesInput)
+            and cues.frames_with_face >= cfg.min_faces
+        )
+        return dataclasses.replace(
+            found, window_cues=windows, window_times=times, box=main.box, others=others
+        )
 
     def raw_probabilities(self, cues: np.ndarray) -> np.ndarray:
         """Uncalibrated fake probabilities of cues (n, len(CUES))."""
@@ -516,45 +618,77 @@ class FaceCuesDetector(CalibratedDetector[FaceCuesConfig]):
                 and np.isfinite(item.cues).all()
                 and item.window_cues.shape == (len(item.window_times), len(CUES))
                 and np.isfinite(item.window_cues).all()
+                and all(
+                    o.cues.shape == (len(CUES),) and np.isfinite(o.cues).all() for o in item.others
+                )
             ):
                 rows.append((i, item))
             else:
                 results[i] = DetectorError(f"{KEY}: bad prepared input {type(item).__name__}")
         if rows:
-            cues = np.stack([item.cues for _, item in rows])
-            # Every window of the batch in the same product; each clip takes back its own.
+            # Every face and window of the batch in one product each; each clip takes back
+            # its own.
+            faces = self.raw_probabilities(
+                np.stack(
+                    [c for _, item in rows for c in (item.cues, *(o.cues for o in item.others))]
+                )
+            )
             windows = self.raw_probabilities(np.concatenate([item.window_cues for _, item in rows]))
-            ends = np.cumsum([len(item.window_times) for _, item in rows])
+            face_ends = np.cumsum([1 + len(item.others) for _, item in rows])
+            window_ends = np.cumsum([len(item.window_times) for _, item in rows])
             for (i, item), raw, own in zip(
-                rows, self.raw_probabilities(cues), np.split(windows, ends[:-1]), strict=True
+                rows,
+                np.split(faces, face_ends[:-1]),
+                np.split(windows, window_ends[:-1]),
+                strict=True,
             ):
-                results[i] = self._verdict(item, float(raw), own)
+                results[i] = self._verdict(item, raw, own)
         return [results[i] for i in range(len(batch))]
 
-    def _verdict(self, item: FaceCuesInput, raw: float, windows: np.ndarray) -> DetectorResult:
+    def _verdict(self, item: FaceCuesInput, raw: np.ndarray, windows: np.ndarray) -> DetectorResult:
+        """The most suspicious face's verdict (``raw``: the largest face's raw probability,
+        then each other face's)."""
         assert self._model is not None
         op = self._operating
-        probability = op.probability(raw)
-        shares = self._model.contributions(item.cues)
+        faces = [(0, item.box, item.cues, item.frames_with_face)] + [
+            (o.track, o.box, o.cues, o.frames_with_face) for o in item.others
+        ]
+        judged = int(np.argmax(raw))
+        track, box, cues, frames_with_face = faces[judged]
+        probability = op.probability(float(raw[judged]))
+        shares = self._model.contributions(cues)
+        details: dict[str, Any] = {
+            "weights": self.weights_id,
+            "raw_probability": float(raw[judged]),
+            "operating_point": op.describe(),
+            "frames": item.frames_sampled,
+            "frames_with_face": frames_with_face,
+            "face": {"track": track, "box": list(box) if box else None, "faces_judged": len(faces)},
+            "cues": {
+                name: {"value": round(float(v), 5), "logit_share": round(float(s), 4)}
+                for name, v, s in zip(CUES, cues, shares, strict=True)
+            },
+        }
+        if len(faces) > 1:
+            details["faces"] = [
+                {
+                    "track": t,
+                    "box": list(b) if b else None,
+                    "frames_with_face": n,
+                    "fake_probability": round(op.probability(float(r)), 4),
+                }
+                for (t, b, _, n), r in zip(faces, raw, strict=True)
+            ]
         return DetectorResult(
             label=op.label(probability),
             fake_probability=probability,
             threshold=op.threshold,
+            # The timeline follows the largest face (track 0).
             frame_scores=[
                 FrameScore(t, op.probability(float(w)))
                 for t, w in zip(item.window_times, windows, strict=True)
             ],
-            details={
-                "weights": self.weights_id,
-                "raw_probability": raw,
-                "operating_point": op.describe(),
-                "frames": item.frames_sampled,
-                "frames_with_face": item.frames_with_face,
-                "cues": {
-                    name: {"value": round(float(v), 5), "logit_share": round(float(s), 4)}
-                    for name, v, s in zip(CUES, item.cues, shares, strict=True)
-                },
-            },
+            details=details,
         )
 
     @classmethod
@@ -579,6 +713,12 @@ class FaceCuesDetector(CalibratedDetector[FaceCuesConfig]):
         pushing = [n for n in strongest if (shares[n] < 0) == towards_real and shares[n] != 0]
         words = [CUE_WORDS[n] for n in pushing[:_EXPLAINED_CUES]]
         sentence = describe(KEY, result)
+        face = details.get("face") or {}
+        if int(face.get("faces_judged") or 1) > 1:
+            sentence += (
+                f" {face['faces_judged']} faces were judged apart; this is the most suspicious, "
+                + ("the largest." if face.get("track") == 0 else f"face {face.get('track')}.")
+            )
         if words:
             side = "real" if towards_real else "fake"
             sentence += f" What weighed most towards {side}: {' and '.join(words)}."

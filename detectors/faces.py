@@ -303,6 +303,11 @@ def _outputs(interpreter: Any) -> tuple[np.ndarray, np.ndarray]:
     return tensors[1], tensors[0]
 
 
+def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two boxes (left, top, right, bottom)."""
+    return float(_iou(np.asarray(a, float), np.asarray([b], float))[0])
+
+
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     low = np.maximum(box[:2], boxes[:, :2])
     high = np.minimum(box[2:], boxes[:, 2:])
@@ -426,47 +431,111 @@ class FaceFinder:
                 break
         if box is None:
             return None
+        return self._landmarks(image, box, found_by)
+
+    def boxes(self, rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Every face in one look at the whole frame (largest first), by the method's first
+        finder that sees any: where to start following the other people in view. Faces too
+        small for one look at the frame are left to ``find``'s closer search."""
+        image = np.ascontiguousarray(rgb, dtype=np.uint8)
+        for finder in self.method.split("+"):
+            if finder == "hog":
+                found = self._hog_boxes(image)
+            else:
+                assert self.blazeface is not None
+                found = [
+                    b
+                    for d in self.blazeface.detect(image)
+                    if (b := _hog_like(d, image.shape)) is not None
+                ]
+            if found:
+                return sorted(found, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+        return []
+
+    def follow(self, rgb: np.ndarray, near: tuple[int, int, int, int]) -> Face | None:
+        """The face overlapping ``near`` (the same person's box in the previous frame), looked
+        for only around it, or None: unlike ``find_near`` it never answers with another face,
+        so following one person cannot jump to the next."""
+        if self._predictor is None:
+            self.load()
+        image = np.ascontiguousarray(rgb, dtype=np.uint8)
+        height, width = image.shape[:2]
+        left, top, side = _around(near, width, height)
+        for finder in self.method.split("+"):
+            found: list[tuple[int, int, int, int]]
+            if finder == "hog":
+                x0, y0 = max(0, left), max(0, top)
+                crop = image[y0 : max(y0, top + side), x0 : max(x0, left + side)]
+                found = [
+                    (b[0] + x0, b[1] + y0, b[2] + x0, b[3] + y0)
+                    for b in (self._hog_boxes(np.ascontiguousarray(crop)) if crop.size else [])
+                ]
+            else:
+                assert self.blazeface is not None
+                found = [
+                    b
+                    for d in self.blazeface.detect(image, (left, top, side))
+                    if (b := _hog_like(d, image.shape)) is not None
+                ]
+            if found:
+                overlap = _iou(np.asarray(near, float), np.array(found, float))
+                if overlap.max() > 0:
+                    return self._landmarks(image, found[int(overlap.argmax())], finder)
+        return None
+
+    def _landmarks(self, image: np.ndarray, box: tuple[int, int, int, int], found_by: str) -> Face:
         shape = self._predictor(image, dlib.rectangle(*box))
         landmarks = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.int32)
         return Face(box=box, landmarks=landmarks, found_by=found_by)
 
-    def _hog_box(self, image: np.ndarray) -> tuple[int, int, int, int] | None:
+    def _hog_boxes(self, image: np.ndarray) -> list[tuple[int, int, int, int]]:
         height, width = image.shape[:2]
         scale = min(1.0, self.detect_max_side / max(height, width))
         small = image
         if scale < 1.0:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             small = np.ascontiguousarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
-        boxes = self._detector()(small, self.upsample)
-        if len(boxes) == 0:
-            return None
-        best = max(boxes, key=lambda r: r.width() * r.height())
-        return (
-            max(0, round(best.left() / scale)),
-            max(0, round(best.top() / scale)),
-            min(width - 1, round(best.right() / scale)),
-            min(height - 1, round(best.bottom() / scale)),
+        found = sorted(
+            self._detector()(small, self.upsample), key=lambda r: -r.width() * r.height()
         )
+        # Largest first, by the detector's own boxes (before clamping to the frame).
+        return [
+            (
+                max(0, round(r.left() / scale)),
+                max(0, round(r.top() / scale)),
+                min(width - 1, round(r.right() / scale)),
+                min(height - 1, round(r.bottom() / scale)),
+            )
+            for r in found
+        ]
+
+    def _hog_box(self, image: np.ndarray) -> tuple[int, int, int, int] | None:
+        boxes = self._hog_boxes(image)
+        return boxes[0] if boxes else None
 
     def _blazeface_box(
         self, image: np.ndarray, near: tuple[int, int, int, int] | None
     ) -> tuple[int, int, int, int] | None:
         assert self.blazeface is not None
         best = self.blazeface.search(image, near)
-        if best is None:
-            return None
-        left, top, right, bottom = best.box
-        cx, cy = (left + right) / 2, (top + bottom) / 2
-        half = _HOG_SIDE_PER_BLAZEFACE * best.side / 2
-        height, width = image.shape[:2]
-        box = (
-            max(0, round(cx - half)),
-            max(0, round(cy - half)),
-            min(width - 1, round(cx + half)),
-            min(height - 1, round(cy + half)),
-        )
-        # A detection can lie wholly past the frame's edge once clamped.
-        return box if box[2] > box[0] and box[3] > box[1] else None
+        return None if best is None else _hog_like(best, image.shape)
+
+
+def _hog_like(found: Detection, shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
+    """The box HOG would draw around a BlazeFace detection, clamped to the frame (None when
+    nothing of it is left there)."""
+    left, top, right, bottom = found.box
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    half = _HOG_SIDE_PER_BLAZEFACE * found.side / 2
+    height, width = shape[:2]
+    box = (
+        max(0, round(cx - half)),
+        max(0, round(cy - half)),
+        min(width - 1, round(cx + half)),
+        min(height - 1, round(cy + half)),
+    )
+    # A detection can lie wholly past the frame's edge once clamped.
+    return box if box[2] > box[0] and box[3] > box[1] else None
 
 
 class FaceTrack:

@@ -81,6 +81,29 @@ def make_video(
     return path
 
 
+def make_two_people(path: Path, seconds: float = 1.5, fps: int = 10) -> Path:
+    """Write a 640x240 video of two people side by side: ``make_video``'s face on the left,
+    drifting, and its mirror image on the right, still."""
+    n = max(1, round(seconds * fps))
+    background = _background(640, 240, np.random.default_rng(1))
+    head = _scaled_head(240)
+    hh, hw = head.shape[:2]
+    with av.open(str(path), mode="w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = 640, 240
+        stream.pix_fmt = "yuv420p"
+        for i in range(n):
+            image = background.copy()
+            dx = round(8 * math.sin(2 * math.pi * i / fps))
+            image[(240 - hh) // 2 : (240 - hh) // 2 + hh, 40 + dx : 40 + dx + hw] = head
+            image[(240 - hh) // 2 : (240 - hh) // 2 + hh, 600 - hw : 600] = head[:, ::-1]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
 def make_truncated(src: Path, dst: Path, fraction: float) -> Path:
     """Copy the first ``fraction`` of ``src``'s bytes to ``dst``, as an interrupted upload."""
     payload = src.read_bytes()

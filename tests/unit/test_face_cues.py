@@ -19,8 +19,11 @@ from detectors.evaluation import roc_auc
 from detectors.face_cues import (
     CUES,
     KEY,
+    FaceCuesConfig,
+    FaceCuesDetector,
     FaceCuesInput,
     NoFace,
+    OtherFace,
     dummy_model,
     read_weights,
     window_starts,
@@ -37,7 +40,7 @@ from detectors.training import (
 )
 from detectors.weights import WeightsError
 from processor.pipeline import Pipeline
-from tests.media import make_video
+from tests.media import make_two_people, make_video
 
 LIMITS = DecodeLimits(1 << 30, 3600, 3840 * 2160, 100_000)
 SMALL = {"run_frames": 12, "min_faces": 6}
@@ -81,6 +84,55 @@ def test_cues_of_a_real_face_through_the_pipeline(face_clip: Path) -> None:
     shares = sum(c["logit_share"] for c in result.details["cues"].values())
     raw = result.details["raw_probability"]
     assert shares == pytest.approx(np.log(raw / (1 - raw)), abs=1e-3)
+
+
+def test_each_person_in_view_is_judged_and_the_verdict_names_the_face(tmp_path: Path) -> None:
+    clip = make_two_people(tmp_path / "two.mp4")
+    both = judge(clip)
+    face = both.details["face"]
+    assert face["faces_judged"] == 2
+    left, right = sorted(both.details["faces"], key=lambda f: f["box"][0])
+    assert left["box"][2] < 0.5 < right["box"][0], "one face on each side"
+    assert {left["track"], right["track"]} == {0, 1}
+    for f in (left, right):
+        assert f["frames_with_face"] >= SMALL["min_faces"]
+    judged = left if face["track"] == left["track"] else right
+    assert face["box"] == judged["box"]
+    assert judged["fake_probability"] == max(left["fake_probability"], right["fake_probability"])
+    assert both.fake_probability == pytest.approx(judged["fake_probability"], abs=1e-4)
+    assert "2 faces were judged apart" in registry.available()[KEY].explain(both)
+    # One face only: the largest one, as before there were several.
+    alone = judge(clip, max_faces=1)
+    assert alone.details["face"]["faces_judged"] == 1
+    assert "faces" not in alone.details
+    [largest] = [f for f in (left, right) if f["track"] == 0]
+    assert alone.fake_probability == pytest.approx(largest["fake_probability"], abs=1e-4)
+    assert alone.details["face"]["box"] == largest["box"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_most_suspicious_face_decides(seed: int) -> None:
+    detector = FaceCuesDetector(FaceCuesConfig(weights="dummy"))
+    detector.setup("cpu")
+    cues = np.random.default_rng(seed).normal(size=(3, len(CUES)))
+    boxes = [(0.1, 0.1, 0.3, 0.4), (0.4, 0.1, 0.6, 0.4), (0.7, 0.1, 0.9, 0.4)]
+    item = FaceCuesInput(
+        cues[0],
+        12,
+        12,
+        box=boxes[0],
+        others=tuple(OtherFace(t, boxes[t], cues[t], 9) for t in (1, 2)),
+    )
+    raw = detector.raw_probabilities(cues)
+    [result] = detector.predict([item])
+    assert isinstance(result, DetectorResult)
+    worst = int(np.argmax(raw))
+    assert result.details["face"] == {"track": worst, "box": list(boxes[worst]), "faces_judged": 3}
+    assert result.details["raw_probability"] == pytest.approx(raw[worst])
+    assert result.details["frames_with_face"] == (12 if worst == 0 else 9)
+    assert [f["track"] for f in result.details["faces"]] == [0, 1, 2]
+    values = [c["value"] for c in result.details["cues"].values()]
+    assert values == pytest.approx(cues[worst], abs=1e-4), "the cues shown are the judged face's"
 
 
 def test_no_face_abstains(tmp_path: Path) -> None:
