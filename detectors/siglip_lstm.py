@@ -22,6 +22,11 @@ point, as for the other trained detectors.
 
 Detectors that load the same backbone weights with the same architecture onto the same device
 share one copy of it (``v1`` and ``v3`` are the same network and, in the seed, one file).
+
+On the CPU the backbone runs in onnxruntime by default (``runtime``): exported from the loaded
+tower at first load, with int8 weights unless ``quantize: none``, and cached under
+``onnx_cache`` by what identifies its weights and architecture (``detectors.onnx_runtime``).
+The heads stay in torch. Each verdict names the runtime in ``details.backbone_runtime``.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from detectors.onnx_runtime import OnnxModule
     from detectors.siglip_net import SiglipLSTMNet
 
 KEY_V1 = "siglip-lstm-v1"
@@ -111,6 +117,22 @@ class SiglipLSTMConfig(CalibratedConfig):
         "bfloat16",
         description="Autocast dtype of the backbone on CUDA (the heads stay float32); "
         "the CPU always runs float32.",
+    )
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
+        description="What runs the backbone: torch, or onnx (onnxruntime, CPU only: exported "
+        "from the loaded tower at first load and cached; needs the onnx package). auto: onnx "
+        "on the CPU where the onnx package is installed, else torch.",
+    )
+    quantize: Literal["int8", "none"] = Field(
+        "int8",
+        description="With runtime onnx: int8 weights (dynamic quantisation, activations stay "
+        "float32), or none (float32 throughout).",
+    )
+    onnx_cache: Path = Field(
+        Path("var/cache/onnx"),
+        description="Folder of exported backbones, keyed by weights, architecture, "
+        "quantisation and exporter versions; safe to share between processes and to empty.",
     )
 
     @model_validator(mode="after")
@@ -210,6 +232,8 @@ def backbone_files(folder: str | Path) -> dict[str, str]:
 
 # Loaded towers by (source, architecture, device), held only while some detector uses them.
 _BACKBONES: weakref.WeakValueDictionary[tuple[Any, ...], nn.Module] = weakref.WeakValueDictionary()
+# Their onnxruntime sessions by (source, architecture, quantisation), likewise.
+_SESSIONS: weakref.WeakValueDictionary[tuple[Any, ...], OnnxModule] = weakref.WeakValueDictionary()
 _BACKBONES_LOCK = threading.Lock()
 
 
@@ -234,8 +258,9 @@ class _Memo:
             del self._items[next(iter(self._items))]
 
 
-# Keyed by the shared backbone module, so a memo lives exactly as long as its backbone.
-_EMBEDDINGS: weakref.WeakKeyDictionary[nn.Module, _Memo] = weakref.WeakKeyDictionary()
+# Keyed by what runs the shared backbone (its torch module or its onnxruntime session), so a
+# memo lives exactly as long as that.
+_EMBEDDINGS: weakref.WeakKeyDictionary[nn.Module | OnnxModule, _Memo] = weakref.WeakKeyDictionary()
 
 
 def forget_embeddings() -> None:
@@ -250,14 +275,25 @@ def _digest(pixels: torch.Tensor) -> str:
     return hashlib.blake2b(data.tobytes(), digest_size=16).hexdigest() + str(tuple(data.shape))
 
 
-def _shared_backbone(key: tuple[Any, ...], load: Callable[[], nn.Module]) -> nn.Module:
-    # Held while loading, so two detectors set up at once still load one copy.
+Shared = TypeVar("Shared", bound="nn.Module | OnnxModule")
+
+
+def _shared(
+    registry: weakref.WeakValueDictionary[tuple[Any, ...], Shared],
+    key: tuple[Any, ...],
+    load: Callable[[], Shared],
+) -> Shared:
+    # Held while loading, so two detectors set up at once still load (or export) one copy.
     with _BACKBONES_LOCK:
-        backbone = _BACKBONES.get(key)
-        if backbone is None:
-            backbone = load()
-            _BACKBONES[key] = backbone
-        return backbone
+        value = registry.get(key)
+        if value is None:
+            value = load()
+            registry[key] = value
+        return value
+
+
+def _shared_backbone(key: tuple[Any, ...], load: Callable[[], nn.Module]) -> nn.Module:
+    return _shared(_BACKBONES, key, load)
 
 
 def _tower(vision_config: Any) -> nn.Module:
@@ -337,6 +373,7 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
         self._net: SiglipLSTMNet | None = None
         self._device: torch.device | None = None
         self._autocast: torch.dtype | None = None
+        self._onnx: OnnxModule | None = None  # set when onnxruntime runs the backbone
 
     @property
     def num_frames(self) -> int:
@@ -356,6 +393,7 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
 
         cfg = self.config
         dev = torch.device(device)
+        runtime = self._runtime(dev)
         weights_id, source, load, head_state = self._weights()
         backbone = _shared_backbone(
             (source, cfg.architecture(), str(dev)),
@@ -374,7 +412,50 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
         # The backbone's autocast dtype on CUDA (``dtype`` names a torch dtype); None: float32.
         cast = dev.type == "cuda" and cfg.dtype != "float32"
         self._autocast = getattr(torch, cfg.dtype) if cast else None
+        self._onnx = None
+        if runtime == "onnx":
+            self._onnx = _shared(
+                _SESSIONS,
+                (source, cfg.architecture(), cfg.quantize),
+                lambda: self._export(backbone, source),
+            )
         self._weights_id = weights_id
+
+    def on_torch(self) -> Self:
+        """This detector with its backbone run by torch (as the older service ran it), set up
+        on the same device; the torch tower is shared, so this loads only the heads."""
+        if self._device is None:
+            raise RuntimeError("setup() has not run")
+        twin = type(self)(self.config.model_copy(update={"runtime": "torch"}))
+        twin.setup(str(self._device))
+        return twin
+
+    def _runtime(self, dev: torch.device) -> Literal["torch", "onnx"]:
+        from detectors.onnx_runtime import can_export
+
+        runtime = self.config.runtime
+        if runtime == "auto":
+            return "onnx" if dev.type == "cpu" and can_export() else "torch"
+        if runtime == "onnx" and dev.type != "cpu":
+            raise DetectorError(f"{self.key}: runtime onnx runs on the CPU only, not on {dev}")
+        if runtime == "onnx" and not can_export():
+            raise DetectorError(f"{self.key}: runtime onnx needs the onnx package to export")
+        return runtime
+
+    def _export(self, backbone: nn.Module, source: tuple[Any, ...]) -> OnnxModule:
+        """The backbone's onnxruntime session, from the cache or exported from ``backbone``."""
+        import torch
+
+        from detectors.onnx_runtime import load_or_export
+        from detectors.siglip_net import PooledTower
+
+        cfg = self.config
+        # Two frames, so that tracing cannot take the batch axis for a broadcast one.
+        example = torch.zeros(2, 3, cfg.image_size, cfg.image_size)
+        identity = {"source": source, "architecture": cfg.architecture()}
+        return load_or_export(
+            PooledTower(backbone), example, identity, cfg.onnx_cache, cfg.quantize
+        )
 
     def prepare(self, frames: SampledFrames) -> SiglipInput:
         """Resize each frame to the tower's square input (OpenCV INTER_AREA: it averages pixels
@@ -496,7 +577,7 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
         embeddings in the backbone's memo instead of running the backbone again."""
         import torch
 
-        memo = _EMBEDDINGS.setdefault(net.siglip_backbone, _Memo())
+        memo = _EMBEDDINGS.setdefault(self._onnx or net.siglip_backbone, _Memo())
         keys = [(_digest(p), str(self._autocast)) for p in pixels]
         todo = [i for i, key in enumerate(keys) if memo.get(key) is None]
         if todo:
@@ -517,6 +598,8 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
     def _embed(self, net: SiglipLSTMNet, chunk: torch.Tensor) -> torch.Tensor:
         import torch
 
+        if self._onnx is not None:
+            return torch.from_numpy(self._onnx.run(np.ascontiguousarray(chunk.numpy())))
         if self._device is None or self._device.type != "cuda":
             return net.embed(chunk)
         x = chunk.pin_memory().to(self._device, non_blocking=True)
@@ -542,10 +625,17 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
                 "raw_probability": video,
                 "operating_point": op.describe(),
                 "frames_scored": len(frames),
-                "backbone_dtype": str(self._autocast or "float32").removeprefix("torch."),
+                "backbone_runtime": "torch" if self._onnx is None else "onnxruntime",
+                "backbone_dtype": self._backbone_dtype(),
                 **view,
             },
         )
+
+    def _backbone_dtype(self) -> str:
+        """The backbone's weights' dtype as it ran: int8 when onnxruntime ran it quantised."""
+        if self._onnx is not None and self._onnx.quantize == "int8":
+            return "int8"
+        return str(self._autocast or "float32").removeprefix("torch.")
 
     def _frame_view(
         self, item: SiglipInput, frames: list[float]

@@ -57,3 +57,16 @@ class SiglipLSTMNet(nn.Module):
         """One logit per embedded frame."""
         logits: torch.Tensor = self.image_classifier(pooled)
         return logits.squeeze(-1)
+
+
+class PooledTower(nn.Module):
+    """``SiglipLSTMNet.embed`` as a module of its own, one tensor in and one out: what is
+    exported to ONNX."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        pooled: torch.Tensor = self.backbone(pixel_values=pixels).pooler_output
+        return pooled

@@ -46,6 +46,9 @@ TINY: dict[str, Any] = {
     "image_size": 32,
     "patch_size": 8,
     "lstm_hidden": 16,
+    # The older service's exact numbers: its PyTorch path (ONNX Runtime's agreement with it is
+    # tests/unit/test_siglip_onnx.py's).
+    "runtime": "torch",
 }
 INFO = VideoInfo("mp4", "h264", 64, 48, 25.0, 2.0)
 
