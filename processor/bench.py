@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from detectors.errors import DetectorError
 from detectors.frames import DecodeLimits, decode_by_seeking, decode_sampled
@@ -218,18 +221,20 @@ def bench_queue(
 
 @dataclass
 class PipelineRun:
-    """Seconds per stage summed over all videos, and the wall time of each way."""
+    """Seconds per stage summed over all videos (with several preparing threads these overlap,
+    so they add up to more than the wall time), and the wall time of our way."""
 
     videos: int
+    batch: int
+    workers: int
     decode_s: float
     prepare_s: dict[str, float]
     predict_s: dict[str, float]
-    ours_wall_s: float
-    seed_wall_s: float | None
+    wall_s: float
 
     @property
-    def ratio(self) -> float | None:
-        return None if self.seed_wall_s is None else self.seed_wall_s / self.ours_wall_s
+    def videos_per_s(self) -> float:
+        return self.videos / self.wall_s
 
 
 # The detectors the older service had, for which its way of running them can be timed.
@@ -240,38 +245,162 @@ def bench_pipeline(
     pipeline: Pipeline,
     videos: list[Path],
     batch: int,
-    seed_way: bool,
+    workers: int,
     advance: Callable[[int], None] | None = None,
 ) -> PipelineRun:
-    """Our way (one sequential decode per video shared by all detectors, detectors run over
-    batches of ``batch`` videos) against the older service's way (for every video and every
-    detector: a seek per sampled frame, then that detector alone on that one video).
-    ``advance(n)`` is told of every n videos done, each way (progress)."""
+    """Our way, as a worker runs it: ``workers`` threads decode each video once for all
+    detectors and prepare it, while the calling thread runs each detector over batches of
+    ``batch`` prepared videos; the next videos are prepared while a batch is predicted.
+    ``advance(n)`` is told of every n videos done (progress)."""
     keys = list(pipeline.detectors)
-    run = PipelineRun(len(videos), 0.0, dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 0.0), 0, None)
+    run = PipelineRun(
+        len(videos), batch, workers, 0.0, dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 0.0), 0.0
+    )
     start = time.perf_counter()
-    for i in range(0, len(videos), batch):
-        prepared = [pipeline.prepare(v, keys) for v in videos[i : i + batch]]
-        for p in prepared:
-            run.decode_s += p.decode_s
-            for key in keys:
-                run.prepare_s[key] += p.prepare_s.get(key, 0.0)
-        for key, det in pipeline.detectors.items():
-            inputs = [p.inputs[key] for p in prepared if key in p.inputs]
-            run.predict_s[key] += _timed(partial(det.predict, inputs)) if inputs else 0.0
-        if advance is not None:
-            advance(len(prepared))
-    run.ours_wall_s = time.perf_counter() - start
-    if seed_way:
-        start = time.perf_counter()
-        for video in videos:
-            for det in pipeline.detectors.values():
-                frames = decode_by_seeking(video, det.num_frames)
-                try:
-                    det.predict([det.prepare(frames)])
-                except DetectorError:
-                    continue  # e.g. no face: the older service stopped here too
+    with ThreadPoolExecutor(workers, "bench-prepare") as pool:
+        # map submits every video at once and yields them in order: preparing runs ahead.
+        ready = pool.map(lambda v: pipeline.prepare(v, keys), videos)
+        for _ in range(0, len(videos), batch):
+            prepared = list(itertools.islice(ready, batch))
+            for p in prepared:
+                run.decode_s += p.decode_s
+                for key in keys:
+                    run.prepare_s[key] += p.prepare_s.get(key, 0.0)
+            for key, det in pipeline.detectors.items():
+                inputs = [p.inputs[key] for p in prepared if key in p.inputs]
+                run.predict_s[key] += _timed(partial(det.predict, inputs)) if inputs else 0.0
             if advance is not None:
-                advance(1)
-        run.seed_wall_s = time.perf_counter() - start
+                advance(len(prepared))
+    run.wall_s = time.perf_counter() - start
     return run
+
+
+def bench_seed_way(
+    pipeline: Pipeline, videos: list[Path], advance: Callable[[int], None] | None = None
+) -> float:
+    """Wall seconds of the older service's way: for every video and every detector, a seek per
+    sampled frame, then that detector alone on that one video, one thread. SigLIP backbones run
+    on torch, each detector its own pass, as the older service ran them."""
+    from detectors.siglip_lstm import SiglipLSTMBase, forget_embeddings
+
+    older = [
+        det.on_torch() if isinstance(det, SiglipLSTMBase) else det
+        for det in pipeline.detectors.values()
+    ]
+    start = time.perf_counter()
+    for video in videos:
+        for det in older:
+            frames = decode_by_seeking(video, det.num_frames)
+            # v3 must not find v1's embeddings of the same frames in the shared memo.
+            forget_embeddings()
+            try:
+                det.predict([det.prepare(frames)])
+            except DetectorError:
+                continue  # e.g. no face: the older service stopped here too
+        if advance is not None:
+            advance(1)
+    return time.perf_counter() - start
+
+
+# The SigLIP backbone's runtimes compared by ``runtime_agreement``: (name, settings).
+RUNTIMES: tuple[tuple[str, dict[str, str]], ...] = (
+    ("torch", {"runtime": "torch"}),
+    ("onnx-float32", {"runtime": "onnx", "quantize": "none"}),
+    ("onnx-int8", {"runtime": "onnx", "quantize": "int8"}),
+)
+
+
+def runtime_agreement(
+    videos: list[Path],
+    settings: Mapping[str, Any],
+    limits: DecodeLimits,
+    max_side: int,
+    advance: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """``siglip-lstm-v1`` with ``settings`` run by each of ``RUNTIMES`` on the same sampled
+    frames of every clip: how far each one's calibrated P(fake) and frame scores stray from
+    torch's, how many labels flip, and the seconds per frame each spent in ``predict`` (from
+    the second clip on: the first pays each runtime's warm-up)."""
+    from detectors.base import DetectorResult
+    from detectors.siglip_lstm import SiglipLSTMConfig, SiglipLSTMv1, forget_embeddings
+
+    load_before = os.getloadavg()
+    detectors = {}
+    for name, runtime in RUNTIMES:
+        det = SiglipLSTMv1(SiglipLSTMConfig.model_validate({**settings, **runtime}))
+        det.setup("cpu")
+        detectors[name] = det
+    num_frames = detectors["torch"].num_frames
+    seconds = dict.fromkeys(detectors, 0.0)
+    frames_timed = 0
+    clips: list[dict[str, Any]] = []
+    failed: list[str] = []
+    for video in videos:
+        try:
+            sampled = decode_sampled(video, num_frames, limits, max_side)
+        except DetectorError as exc:
+            failed.append(f"{video.name}: {exc}")
+            continue
+        prepared = detectors["torch"].prepare(sampled)
+        row: dict[str, Any] = {"video": video.name, "frames": len(sampled.frames)}
+        for name, det in detectors.items():
+            # Every runtime embeds the clip itself, never from another's memo or a rerun's.
+            forget_embeddings()
+            start = time.perf_counter()
+            [outcome] = det.predict([prepared])
+            if clips:
+                seconds[name] += time.perf_counter() - start
+            if not isinstance(outcome, DetectorResult):
+                raise DetectorError(f"{video.name}: {name}: {outcome}")
+            row[name] = {
+                "p_fake": outcome.fake_probability,
+                "label": str(outcome.label),
+                "frame_scores": [s.fake_probability for s in outcome.frame_scores],
+                "runtime": outcome.details["backbone_runtime"],
+                "dtype": outcome.details["backbone_dtype"],
+            }
+        frames_timed += row["frames"] if clips else 0
+        clips.append(row)
+        if advance is not None:
+            advance(1)
+    return {
+        "machine": machine(),
+        "settings": dict(settings),
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "clips": len(clips),
+        "frames_per_clip": num_frames,
+        "runtimes": {
+            name: _agreement(clips, name, seconds[name], frames_timed) for name in detectors
+        },
+        "failed": failed,
+        "per_clip": [
+            {
+                "video": row["video"],
+                "p_fake": {name: round(row[name]["p_fake"], 6) for name in detectors},
+                "label": {name: row[name]["label"] for name in detectors},
+            }
+            for row in clips
+        ],
+    }
+
+
+def _agreement(
+    clips: list[dict[str, Any]], name: str, seconds: float, frames: int
+) -> dict[str, Any]:
+    """One runtime against torch over ``clips`` (rows of ``runtime_agreement``)."""
+    p_delta = [abs(row[name]["p_fake"] - row["torch"]["p_fake"]) for row in clips]
+    frame_delta = [
+        abs(a - b)
+        for row in clips
+        for a, b in zip(row[name]["frame_scores"], row["torch"]["frame_scores"], strict=True)
+    ]
+    ran = {(row[name]["runtime"], row[name]["dtype"]) for row in clips}
+    return {
+        "backbone": [f"{runtime} {dtype}" for runtime, dtype in sorted(ran)],
+        "max_abs_delta_p_fake": max(p_delta, default=0.0),
+        "mean_abs_delta_p_fake": statistics.fmean(p_delta) if p_delta else 0.0,
+        "max_abs_delta_frame_score": max(frame_delta, default=0.0),
+        "label_flips": sum(row[name]["label"] != row["torch"]["label"] for row in clips),
+        "predict_s_per_frame": seconds / frames if frames else None,
+    }

@@ -73,12 +73,14 @@ def build_detectors(config: Config, keys: list[str]) -> dict[str, Detector[Any]]
     return built
 
 
-def load_pipeline(config: Config) -> Pipeline:
-    """Build and set up every detector the inboxes use, on the configured device."""
+def load_pipeline(config: Config, keys: list[str] | None = None) -> Pipeline:
+    """Build and set up the detectors ``keys`` (default: every one the inboxes use) on the
+    configured device, in the pipeline every entry point runs them through. Raises
+    ConfigError for a bad section and DetectorError for weights that do not load."""
     from processor.pipeline import Pipeline
 
     device = resolve_device(config.device)
-    detectors = build_detectors(config, config.all_detector_keys())
+    detectors = build_detectors(config, config.all_detector_keys() if keys is None else keys)
     for key, det in detectors.items():
         det.setup(device)
         if det.weights_id == "dummy":

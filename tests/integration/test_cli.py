@@ -169,6 +169,37 @@ def test_bench_faces_writes_a_report_per_finder(tmp_path: Path) -> None:
     assert "WIDTHxHEIGHT" in bad.output
 
 
+def test_bench_detectors_reports_each_batch_size_and_the_older_way(
+    tmp_path: Path, config: Path
+) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(3):
+        make_video(videos / f"v{i}.mp4", seconds=1.0, fps=10, size=(320, 240), face=True)
+    report = tmp_path / "bench.json"
+    args = ["--videos", str(videos), "--detectors", "color-cues-lstm-v1", "--limit", "3"]
+    args += ["--batch", "1,2", "--workers", "2", "--json", str(report), "-c", str(config)]
+    result = runner.invoke(
+        app,
+        ["bench", "detectors", *args],
+        terminal_width=200,
+    )
+
+    assert result.exit_code == 0, result.output
+    written = json.loads(report.read_text())
+    assert [(r["batch"], r["workers"]) for r in written["runs"]] == [(1, 2), (2, 2)]
+    for run in written["runs"]:
+        assert run["stages_s"]["predict color-cues-lstm-v1"] > 0
+        assert run["videos_per_s"] == pytest.approx(3 / run["wall_s"], rel=1e-2)
+    assert written["seed_way"]["videos_per_s"] > 0
+    best = min(r["wall_s"] for r in written["runs"])
+    assert written["ratio"] == pytest.approx(written["seed_way"]["wall_s"] / best, rel=1e-2)
+    assert "--batch 1,2 --workers 2" in written["command"]
+    bad = runner.invoke(app, ["bench", "detectors", "--batch", "0,2", "-c", str(config)])
+    assert bad.exit_code == 2
+    assert "--batch" in bad.output
+
+
 def _tiny_siglip() -> dict[str, object]:
     return {
         "hidden_size": 32,

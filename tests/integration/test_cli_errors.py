@@ -19,7 +19,8 @@ from aiohttp import web
 from typer.testing import CliRunner
 
 from processor.api import init_app, runner
-from processor.cli import LabelChoice, StateChoice, app
+from processor.cli import app
+from processor.cli.common import LabelChoice, StateChoice
 from processor.config import load_config
 from processor.files import ERROR_SUFFIX
 from processor.lifecycle import Lifecycle

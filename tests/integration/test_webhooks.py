@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from processor.api import init_app, runner
 from processor.cli import app as cli
-from processor.cli_webhooks import DeliveryStateChoice
+from processor.cli.webhooks import DeliveryStateChoice
 from processor.config import Config, WebhooksConfig, WebhookTarget
 from processor.daemon import Daemon
 from processor.verdict import overall_verdict

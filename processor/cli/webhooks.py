@@ -1,7 +1,7 @@
 """``drishtiksha webhooks``: list webhook deliveries and send dead ones again.
 
 A thin layer over ``storage.deliveries``; the database and the console are the ones every other
-command uses (``processor.cli``, imported when a command runs, as that module imports this one).
+command uses.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich import box
 from rich.table import Table
+
+from processor.cli.common import _config, _fail, _job_id, _queue, err, out
 
 if TYPE_CHECKING:
     from storage.deliveries import Deliveries
@@ -44,7 +46,6 @@ class DeliveryStateChoice(enum.StrEnum):
 def _outbox(config: Path | None) -> Iterator[Deliveries]:
     """The deliveries on the configured database, its connections closed when the command
     ends (it may run in-process, as the tests run it)."""
-    from processor.cli import _config, _queue
     from storage.deliveries import Deliveries
 
     queue = _queue(_config(config))
@@ -73,7 +74,6 @@ def webhooks_list(
     ] = False,
 ) -> None:
     """Webhook deliveries, newest first: their state, attempts and last error."""
-    from processor.cli import _job_id, out
     from processor.webhooks import delivery_document
     from storage.deliveries import DeliveryState
 
@@ -118,7 +118,6 @@ def webhooks_retry(
 ) -> None:
     """Send dead deliveries again: each is due at once, with a new retry period starting now
     (webhooks.retry_for_s). A running daemon sends them."""
-    from processor.cli import _fail, err, out
     from storage.deliveries import MAX_ID
 
     if bool(delivery_ids) == all_dead:
