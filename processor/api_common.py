@@ -17,11 +17,12 @@ from aiohttp import web
 from sqlalchemy import Engine
 
 from detectors.frames import DecodeLimits
+from processor import documents
 from processor.api_auth import Keyring, Principal
 from processor.api_metrics import ApiMetrics
 from processor.config import Config, Scope
 from processor.lifecycle import Lifecycle
-from processor.verdict import job_verdict, result_document
+from processor.verdict import job_verdict_model, result_model
 from processor.worker import Worker
 from storage.queue import JobQueue, JobState, JobView
 
@@ -124,23 +125,23 @@ def job_document(job: JobView, *, paths: bool = True) -> dict[str, Any]:
         output = PurePath(output).name if output else None
         for path in sorted(server_paths, key=len, reverse=True):
             message = message.replace(path, PurePath(path).name) if message else message
-    return {
-        "id": job.id,
-        "state": job.state.value,
-        "sha256": job.video_sha256,
-        "source": {"kind": job.source_kind, "ref": ref, "inbox": job.inbox},
-        "detectors": job.detectors,
-        "priority": job.priority,
-        "attempts": job.attempts,
-        "cached": job.cached,
-        "error": ({"code": job.error_code, "message": message} if job.error_code else None),
-        "output_path": output,
-        "created_at": job.created_at.isoformat(),
-        "started_at": job.started_at.isoformat() if job.started_at else None,
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        "verdict": job_verdict(job),
-        "results": [result_document(r) for r in job.results],
-    }
+    return documents.Job(
+        id=job.id,
+        state=job.state,
+        sha256=job.video_sha256,
+        source=documents.JobSource(kind=job.source_kind, ref=ref, inbox=job.inbox),
+        detectors=job.detectors,
+        priority=job.priority,
+        attempts=job.attempts,
+        cached=job.cached,
+        error=documents.JobError(code=job.error_code, message=message) if job.error_code else None,
+        output_path=output,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        verdict=job_verdict_model(job),
+        results=[result_model(r) for r in job.results],
+    ).dump()
 
 
 async def job_id_param(request: web.Request) -> str:

@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from detectors import registry
+from detectors.base import Label
 from detectors.errors import MediaError, TransientError
 from processor import retry
 from processor.api_common import (
@@ -39,14 +40,20 @@ from processor.api_uploads import (
     upload_slot,
 )
 from processor.files import sha256_file
-from processor.verdict import explained, overall_verdict, result_document, video_document
+from processor.verdict import (
+    explained,
+    frames_document,
+    overall_verdict,
+    result_document,
+    video_document,
+)
 from storage.db import ping
 from storage.errors import StorageError
 from storage.queue import JobState, StoredResult, WorkerView
 
 log = logging.getLogger(__name__)
 
-_LABELS = ("REAL", "FAKE", "UNCERTAIN", "ABSTAIN")
+_LABELS = tuple(label.value for label in Label)
 _SOURCE_KIND = re.compile(r"^[a-z0-9_]{1,16}$")
 _DETECTOR_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _PRIORITY_RANGE = (-1_000_000, 1_000_000)
@@ -286,24 +293,7 @@ async def job_frames(request: web.Request) -> web.Response:
     job = await io(state.queue.get, job_id)
     if job is None:
         raise ApiError(404, "job_not_found", f"no job {job_id}")
-    return web.json_response(
-        {
-            "job_id": job.id,
-            "state": job.state.value,
-            "detectors": [
-                {
-                    "detector": r.detector,
-                    "version": r.version,
-                    "weights": r.weights_id,
-                    "label": r.label,
-                    "fake_probability": r.fake_probability,
-                    "threshold": r.threshold,
-                    "frames": [{"t": s["t"], "p": s["p"]} for s in r.frame_scores],
-                }
-                for r in job.results
-            ],
-        }
-    )
+    return web.json_response(frames_document(job))
 
 
 def artefact_path(state: ApiState, job_id: str, detector: str) -> Path:

@@ -5,6 +5,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+
+from detectors.base import Label
+from processor.documents import DOCUMENTS
+from storage.models import REVIEW_DECISIONS
+from storage.queue import JobState
+
 JSON = "application/json"
 _REF = "#/components/schemas/"
 
@@ -56,7 +63,8 @@ _INT = {"type": "integer"}
 _BOOL = {"type": "boolean"}
 _TIME = {"type": "string", "format": "date-time"}
 _STRS = {"type": "array", "items": _STR}
-_DECISIONS = ("confirmed_fake", "confirmed_real", "second_look")
+# The older service only ever answered one of these two.
+_DECIDED = {"type": "string", "enum": [Label.REAL.value, Label.FAKE.value]}
 _REQUEST_ID_HEADER = {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}}
 
 
@@ -148,58 +156,28 @@ def _any_case(word: str) -> str:
     return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
 
 
+def _document_schemas() -> dict[str, Any]:
+    """The component schemas of the documents the handlers build from ``processor.documents``,
+    generated from those models (each one's nested models become components too)."""
+    _, schema = models_json_schema(
+        [(model, "serialization") for model in DOCUMENTS],
+        ref_template=_REF + "{model}",
+        schema_generator=_UntitledFields,
+    )
+    return dict(schema["$defs"])
+
+
+class _UntitledFields(GenerateJsonSchema):
+    """Pydantic titles every property after its name ("Fake Probability"), which only
+    repeats the key in the rendered documentation."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
 def _schemas() -> dict[str, Any]:
-    label = {"type": "string", "enum": ["REAL", "FAKE", "UNCERTAIN", "ABSTAIN"]}
-    frame_score = _obj({"t": _NUM, "p": _NUM})
-    result = _obj(
-        {
-            "detector": _STR,
-            "version": _STR,
-            "weights": {**_STR, "description": "sha256 of the weights file, or dummy."},
-            "label": label,
-            "fake_probability": _nullable(_NUM),
-            "threshold": _NUM,
-            "elapsed_s": _NUM,
-            "cached_from_job": _nullable(_STR),
-            "details": {"type": "object"},
-            "frame_scores": {"type": "array", "items": frame_score},
-        }
-    )
-    verdict = _obj(
-        {
-            "label": label,
-            "fake_probability": _nullable(_NUM),
-            "rule": {**_STR, "description": "any_fake: FAKE if any detector says FAKE."},
-        }
-    )
-    job = _obj(
-        {
-            "id": _STR,
-            "state": {
-                "type": "string",
-                "enum": ["queued", "running", "done", "failed", "cancelled"],
-            },
-            "sha256": _STR,
-            "source": _obj({"kind": _STR, "ref": _STR, "inbox": _nullable(_STR)}),
-            "detectors": _STRS,
-            "priority": _INT,
-            "attempts": _INT,
-            "cached": _BOOL,
-            "error": _nullable(_obj({"code": _STR, "message": _nullable(_STR)})),
-            "output_path": {
-                **_nullable(_STR),
-                "description": "Where a folder job's file went (done/ or failed/): the full "
-                "path for admin keys (and with no keys configured), else the file name.",
-            },
-            "created_at": _TIME,
-            "started_at": _nullable(_TIME),
-            "finished_at": _nullable(_TIME),
-            "verdict": _nullable(_ref("Verdict")),
-            "results": {"type": "array", "items": _ref("Result")},
-        }
-    )
     seed_quick = {
-        "prediction": {"type": "string", "enum": ["REAL", "FAKE"]},
+        "prediction": _DECIDED,
         "confidence": {**_NUM, "description": "Confidence in the prediction."},
         "processing_time": {**_NUM, "description": "Seconds the daemon spent on the job."},
         "model": _STR,
@@ -225,6 +203,7 @@ def _schemas() -> dict[str, Any]:
         }
     )
     return {
+        **_document_schemas(),
         "Error": _obj(
             {
                 "error": _obj(
@@ -245,35 +224,6 @@ def _schemas() -> dict[str, Any]:
             },
             required=["error", "message", "code", "suggestions", "timestamp", "request_id"],
         ),
-        "Result": result,
-        "Verdict": verdict,
-        "Job": job,
-        "JobList": _obj(
-            {
-                "jobs": {"type": "array", "items": _ref("Job")},
-                "next": {
-                    **_nullable(_STR),
-                    "description": "Cursor for the next page (pass as before), or null.",
-                },
-            }
-        ),
-        "CachedVerdict": _obj(
-            {
-                "cached": {"const": True},
-                "sha256": _STR,
-                "detectors": _STRS,
-                "verdict": _ref("Verdict"),
-                "results": {"type": "array", "items": _ref("Result")},
-            }
-        ),
-        "Review": _obj(
-            {
-                "decision": {"type": "string", "enum": list(_DECISIONS)},
-                "note": _STR,
-                "by": {**_STR, "description": "The API key's name, or anonymous."},
-                "at": _TIME,
-            }
-        ),
         "Reviews": _obj(
             {
                 "job_id": _STR,
@@ -287,44 +237,10 @@ def _schemas() -> dict[str, Any]:
         ),
         "ReviewRequest": _obj(
             {
-                "decision": {"type": "string", "enum": list(_DECISIONS)},
+                "decision": {"type": "string", "enum": list(REVIEW_DECISIONS)},
                 "note": {"type": "string", "maxLength": 4000},
             },
             required=["decision"],
-        ),
-        "Frames": _obj(
-            {
-                "job_id": _STR,
-                "state": _STR,
-                "detectors": {
-                    "type": "array",
-                    "items": _obj(
-                        {
-                            "detector": _STR,
-                            "version": _STR,
-                            "weights": _STR,
-                            "label": label,
-                            "fake_probability": _nullable(_NUM),
-                            "threshold": _NUM,
-                            "frames": {"type": "array", "items": frame_score},
-                        }
-                    ),
-                },
-            }
-        ),
-        "Video": _obj(
-            {
-                "sha256": _STR,
-                "size_bytes": _INT,
-                "container": _nullable(_STR),
-                "codec": _nullable(_STR),
-                "width": _nullable(_INT),
-                "height": _nullable(_INT),
-                "fps": _nullable(_NUM),
-                "duration_s": _nullable(_NUM),
-                "first_seen": _TIME,
-                "jobs": {"type": "array", "items": _ref("Job")},
-            }
         ),
         "DetectorInfo": detector_info,
         **_webhook_schemas(),
@@ -439,7 +355,7 @@ def _schemas() -> dict[str, Any]:
                         {
                             "frame": _INT,
                             "confidence": _NUM,
-                            "prediction": {"type": "string", "enum": ["REAL", "FAKE"]},
+                            "prediction": _DECIDED,
                         }
                     ),
                 },
@@ -616,16 +532,18 @@ def _webhook_paths() -> dict[str, Any]:
 def _paths(detector_keys: list[str], request_timeout_s: float) -> dict[str, Any]:
     key = "(" + "|".join(re.escape(k) for k in detector_keys) + ")"
     detector_key = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
-    labels = ("REAL", "FAKE", "UNCERTAIN", "ABSTAIN")
     list_params = [
         _query(
             "state",
-            {"type": "string", "enum": ["queued", "running", "done", "failed", "cancelled"]},
+            {"type": "string", "enum": [s.value for s in JobState]},
             "Only jobs in this state.",
         ),
         _query(
             "label",
-            {"type": "string", "pattern": "^(" + "|".join(map(_any_case, labels)) + ")$"},
+            {
+                "type": "string",
+                "pattern": "^(" + "|".join(_any_case(label) for label in Label) + ")$",
+            },
             "Only done jobs whose overall verdict has this label (REAL, FAKE, UNCERTAIN or "
             "ABSTAIN, in any letter case).",
         ),

@@ -1,4 +1,6 @@
-"""The documents Drishtiksha writes about a job: the .verdict.json and .error.json sidecars."""
+"""The overall verdict, and the documents Drishtiksha emits about a job (the .verdict.json and
+.error.json sidecars, and the results, verdicts and videos the API shows), each built as its
+model in ``processor.documents``."""
 
 from __future__ import annotations
 
@@ -11,11 +13,10 @@ from typing import Any, Protocol
 
 from detectors import registry
 from detectors.base import Detector, DetectorResult, Label, describe
+from processor import documents
 from processor.config import FusionConfig
+from processor.documents import ERROR_SCHEMA, SCHEMA
 from storage.queue import JobState, JobView, StoredResult, VideoView
-
-SCHEMA = "drishtiksha.verdict/1"
-ERROR_SCHEMA = "drishtiksha.error/1"
 
 
 class Vote(Protocol):
@@ -96,40 +97,73 @@ def overall_verdict(results: Sequence[Vote], fusion: FusionConfig | None = None)
     return {"label": label, "fake_probability": mean, "rule": fusion.rule}
 
 
-def result_document(r: StoredResult) -> dict[str, Any]:
+def result_model(r: StoredResult) -> documents.Result:
     """One detector's result as shown to users."""
-    return {
-        "detector": r.detector,
-        "version": r.version,
-        "weights": r.weights_id,
-        "label": r.label,
-        "fake_probability": r.fake_probability,
-        "threshold": r.threshold,
-        "elapsed_s": round(r.elapsed_s, 4),
-        "cached_from_job": r.cached_from_job,
-        "details": r.details,
-        "frame_scores": r.frame_scores,
-    }
+    return documents.Result(
+        detector=r.detector,
+        version=r.version,
+        weights=r.weights_id,
+        label=Label(r.label),
+        fake_probability=r.fake_probability,
+        threshold=r.threshold,
+        elapsed_s=round(r.elapsed_s, 4),
+        cached_from_job=r.cached_from_job,
+        details=r.details,
+        frame_scores=[documents.FrameScore(t=s["t"], p=s["p"]) for s in r.frame_scores],
+    )
 
 
-def video_document(video: VideoView | None) -> dict[str, Any] | None:
+def result_document(r: StoredResult) -> dict[str, Any]:
+    """``result_model`` as the JSON object clients receive."""
+    return result_model(r).dump()
+
+
+def video_model(video: VideoView | None) -> documents.VideoFacts | None:
     """What the decoder learnt about a video, as shown to users."""
     if video is None:
         return None
-    return {
-        "sha256": video.sha256,
-        "size_bytes": video.size_bytes,
-        "container": video.container,
-        "codec": video.codec,
-        "width": video.width,
-        "height": video.height,
-        "fps": video.fps,
-        "duration_s": video.duration_s,
-    }
+    return documents.VideoFacts(
+        sha256=video.sha256,
+        size_bytes=video.size_bytes,
+        container=video.container,
+        codec=video.codec,
+        width=video.width,
+        height=video.height,
+        fps=video.fps,
+        duration_s=video.duration_s,
+    )
 
 
-def _times(job: JobView) -> dict[str, dt.datetime | None]:
-    return {"created": job.created_at, "started": job.started_at, "finished": job.finished_at}
+def video_document(video: VideoView | None) -> dict[str, Any] | None:
+    """``video_model`` as the JSON object clients receive."""
+    model = video_model(video)
+    return model.dump() if model is not None else None
+
+
+def frames_document(job: JobView) -> dict[str, Any]:
+    """Each detector's per-frame fake probabilities for ``job``."""
+    return documents.Frames(
+        job_id=job.id,
+        state=job.state,
+        detectors=[
+            documents.DetectorFrames(
+                detector=r.detector,
+                version=r.version,
+                weights=r.weights_id,
+                label=Label(r.label),
+                fake_probability=r.fake_probability,
+                threshold=r.threshold,
+                frames=[documents.FrameScore(t=s["t"], p=s["p"]) for s in r.frame_scores],
+            )
+            for r in job.results
+        ],
+    ).dump()
+
+
+def _times(job: JobView) -> documents.SidecarTimes:
+    return documents.SidecarTimes(
+        created=job.created_at, started=job.started_at, finished=job.finished_at
+    )
 
 
 def weights_warning(results: Sequence[StoredResult]) -> str | None:
@@ -153,26 +187,37 @@ def weights_warning(results: Sequence[StoredResult]) -> str | None:
     return "; ".join(notes) or None
 
 
-def job_verdict(job: JobView) -> dict[str, Any] | None:
+def job_verdict_model(job: JobView) -> documents.Verdict | None:
     """A job's overall verdict as stored when it finished, with its ``explanation`` in plain
     words; None unless it is done. A job finished by a worker of an older release during a
     rolling upgrade stored none: it gets the rule those releases reported, "any FAKE"."""
     if job.state is not JobState.DONE:
         return None
     verdict = job.verdict if job.verdict is not None else overall_verdict(job.results)
-    return explained(verdict, job.results)
+    return explained_model(verdict, job.results)
+
+
+def job_verdict(job: JobView) -> dict[str, Any] | None:
+    """``job_verdict_model`` as the JSON object clients receive."""
+    model = job_verdict_model(job)
+    return model.dump() if model is not None else None
+
+
+def explained_model(verdict: dict[str, Any], results: Sequence[StoredResult]) -> documents.Verdict:
+    """``verdict`` with its plain-words ``explanation``, as every document gives it."""
+    return documents.Verdict(**verdict, explanation=explanation(verdict, results))
 
 
 def explained(verdict: dict[str, Any], results: Sequence[StoredResult]) -> dict[str, Any]:
-    """``verdict`` with its plain-words ``explanation``, as every document gives it."""
-    return {**verdict, "explanation": explanation(verdict, results)}
+    """``explained_model`` as the JSON object clients receive."""
+    return explained_model(verdict, results).dump()
 
 
 _HEADLINES = {
-    "FAKE": "Likely manipulated",
-    "UNCERTAIN": "Too close to call",
-    "REAL": "No sign of manipulation found",
-    "ABSTAIN": "No judgement",
+    Label.FAKE: "Likely manipulated",
+    Label.UNCERTAIN: "Too close to call",
+    Label.REAL: "No sign of manipulation found",
+    Label.ABSTAIN: "No judgement",
 }
 
 
@@ -189,7 +234,7 @@ def explanation(verdict: dict[str, Any], results: Sequence[StoredResult]) -> str
     else:
         behind = [r for r in voting if r.label == label] or voting
     reasons = " ".join(explain_result(r) for r in behind)
-    return f"{_HEADLINES.get(label, label)}. {reasons}".strip()
+    return f"{_HEADLINES[Label(label)]}. {reasons}".strip()
 
 
 def explain_result(r: StoredResult) -> str:
@@ -214,54 +259,51 @@ def _detector_class(key: str) -> type[Detector[Any]] | None:
 
 def verdict_document(job: JobView, video: VideoView | None, file: Path) -> dict[str, Any]:
     """The .verdict.json for a done job."""
-    doc: dict[str, Any] = {
-        "schema": SCHEMA,
-        "file": file.name,
-        "source": {"kind": job.source_kind, "ref": job.source_ref},
-        "sha256": job.video_sha256,
-        "job_id": job.id,
-        "cached": job.cached,
-        "verdict": job_verdict(job),
-        "detectors": [result_document(r) for r in job.results],
-        "video": video_document(video),
-        "timestamps": _times(job),
-    }
-    warning = weights_warning(job.results)
-    if warning is not None:
-        doc["warning"] = warning
-    return doc
+    return documents.VerdictSidecar(
+        schema=SCHEMA,
+        file=file.name,
+        source=documents.Source(kind=job.source_kind, ref=job.source_ref),
+        sha256=job.video_sha256,
+        job_id=job.id,
+        cached=job.cached,
+        verdict=job_verdict_model(job),
+        detectors=[result_model(r) for r in job.results],
+        video=video_model(video),
+        timestamps=_times(job),
+        warning=weights_warning(job.results),
+    ).dump()
 
 
 def refusal_document(file: Path, ref: str, code: str, message: str) -> dict[str, Any]:
     """The .error.json for an inbox file refused before any job was made for it (over the
     size limit): the shape of ``error_document`` with no job, hash or attempts."""
     now = dt.datetime.now(dt.UTC)
-    return {
-        "schema": ERROR_SCHEMA,
-        "file": file.name,
-        "source": {"kind": "folder", "ref": ref},
-        "sha256": None,
-        "job_id": None,
-        "state": "failed",
-        "error": {"code": code, "message": message},
-        "attempts": 0,
-        "timestamps": {"created": now, "started": None, "finished": now},
-    }
+    return documents.ErrorSidecar(
+        schema=ERROR_SCHEMA,
+        file=file.name,
+        source=documents.Source(kind="folder", ref=ref),
+        sha256=None,
+        job_id=None,
+        state=JobState.FAILED,
+        error=documents.JobError(code=code, message=message),
+        attempts=0,
+        timestamps=documents.SidecarTimes(created=now, started=None, finished=now),
+    ).dump()
 
 
 def error_document(job: JobView, file: Path) -> dict[str, Any]:
     """The .error.json for a failed or cancelled job."""
-    return {
-        "schema": ERROR_SCHEMA,
-        "file": file.name,
-        "source": {"kind": job.source_kind, "ref": job.source_ref},
-        "sha256": job.video_sha256,
-        "job_id": job.id,
-        "state": job.state.value,
-        "error": {
-            "code": job.error_code or job.state.value,
-            "message": job.error_message or f"job {job.state.value}",
-        },
-        "attempts": job.attempts,
-        "timestamps": _times(job),
-    }
+    return documents.ErrorSidecar(
+        schema=ERROR_SCHEMA,
+        file=file.name,
+        source=documents.Source(kind=job.source_kind, ref=job.source_ref),
+        sha256=job.video_sha256,
+        job_id=job.id,
+        state=job.state,
+        error=documents.JobError(
+            code=job.error_code or job.state.value,
+            message=job.error_message or f"job {job.state.value}",
+        ),
+        attempts=job.attempts,
+        timestamps=_times(job),
+    ).dump()

@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from processor.config import WebhooksConfig
-from processor.verdict import job_verdict
+from processor.documents import JobError, Review, ReviewEvent, Source, WebhookEvent
+from processor.verdict import job_verdict_model
 from storage.deliveries import Deliveries, Delivery, DeliveryView
 from storage.errors import StorageError
 from storage.queue import JobQueue, JobView
@@ -40,32 +41,30 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 
 def event_payload(job: JobView) -> dict[str, Any]:
     """What a receiver learns about a finished job (the rest is at GET /v1/jobs/{id})."""
-    return {
-        "event": f"job.{job.state.value}",
-        "job_id": job.id,
-        "state": job.state.value,
-        "sha256": job.video_sha256,
-        "source": {"kind": job.source_kind, "ref": job.source_ref},
-        "verdict": job_verdict(job),
-        "error": (
-            {"code": job.error_code, "message": job.error_message} if job.error_code else None
-        ),
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-    }
+    return WebhookEvent(
+        event=f"job.{job.state.value}",
+        job_id=job.id,
+        state=job.state,
+        sha256=job.video_sha256,
+        source=Source(kind=job.source_kind, ref=job.source_ref),
+        verdict=job_verdict_model(job),
+        error=JobError(code=job.error_code, message=job.error_message) if job.error_code else None,
+        finished_at=job.finished_at,
+    ).dump()
 
 
 def review_payload(job: JobView, review: dict[str, Any]) -> dict[str, Any]:
     """What a receiver learns when a person reviews a job: the machine's verdict and the
     person's ``review`` (decision, note, by, at)."""
-    return {
-        "event": "job.reviewed",
-        "job_id": job.id,
-        "state": job.state.value,
-        "sha256": job.video_sha256,
-        "source": {"kind": job.source_kind, "ref": job.source_ref},
-        "verdict": job_verdict(job),
-        "review": review,
-    }
+    return ReviewEvent(
+        event="job.reviewed",
+        job_id=job.id,
+        state=job.state,
+        sha256=job.video_sha256,
+        source=Source(kind=job.source_kind, ref=job.source_ref),
+        verdict=job_verdict_model(job),
+        review=Review(**review),
+    ).dump()
 
 
 def review_targets(config: WebhooksConfig) -> list[str]:

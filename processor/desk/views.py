@@ -21,6 +21,7 @@ from typing import Any, Literal
 import aiohttp_jinja2
 from aiohttp import web
 
+from detectors.base import Label
 from processor import api_native, retry
 from processor.api_common import (
     JOB_ID,
@@ -45,7 +46,7 @@ QUEUE_SIZE = 200
 _HEX = re.compile(r"^[0-9a-f]{8,64}$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _STATES = {"queued", "running", "failed", "cancelled"}
-_LABELS = {"FAKE", "REAL", "UNCERTAIN", "ABSTAIN"}
+_LABELS = {label.value for label in Label}
 _SOURCE_KINDS = tuple(words.SOURCES)
 
 
@@ -281,7 +282,8 @@ async def list_page(request: web.Request) -> web.StreamResponse:
             detectors=state.detector_keys,
             sources=words.SOURCES,
             review_states={"unreviewed": "Not reviewed", **words.DECISIONS},
-            labels=["FAKE", "UNCERTAIN", "REAL", "ABSTAIN"],
+            # The filter's order: what most needs a reviewer first.
+            labels=[x.value for x in (Label.FAKE, Label.UNCERTAIN, Label.REAL, Label.ABSTAIN)],
             states=sorted(_STATES),
         ),
     )
