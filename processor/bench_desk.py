@@ -290,7 +290,7 @@ async def measure_desk(base: str, repeats: int, *, search: str, sha_prefix: str)
 async def _serve(url: str, work: Path) -> tuple[web.AppRunner, str]:
     """The real application over ``url``: no worker, no keys (so the desk is open), on a free
     loopback port."""
-    from processor.api import init_app, runner
+    from processor.api.app import init_app, runner
     from processor.config import Config
     from storage.db import make_engine
     from storage.queue import JobQueue

@@ -15,8 +15,8 @@ from aiohttp import web
 from sqlalchemy import Engine
 
 from processor import systemd
-from processor.api import init_app
-from processor.api import runner as api_runner
+from processor.api.app import init_app
+from processor.api.app import runner as api_runner
 from processor.blobs import open_blobs
 from processor.config import Config
 from processor.gc import gc_forever

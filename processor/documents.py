@@ -1,8 +1,8 @@
 """The documents Drishtiksha emits, one model each: the API's jobs, results, verdicts, frame
 scores and videos, the .verdict.json and .error.json sidecars and the webhook event bodies.
 
-The builders (``processor.verdict``, ``processor.api_common``, ``processor.webhooks``) fill
-these models and dump them, and ``processor.api_openapi`` derives its component schemas from
+The builders (``processor.verdict``, ``processor.api.common``, ``processor.webhooks``) fill
+these models and dump them, and ``processor.api.openapi`` derives its component schemas from
 them, so what is sent and what is described cannot drift apart. Fields are declared in the
 order clients have always received them.
 """

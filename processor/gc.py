@@ -44,8 +44,8 @@ def prune_scratch(scratch: Path, queue: JobQueue, *, dry_run: bool = False) -> l
 def collect(config: Config, queue: JobQueue, *, dry_run: bool = False) -> list[Removed]:
     """Everything ``drishtiksha gc`` removes (or, with ``dry_run``, would remove)."""
     # Imported here: the worker uses prune_scratch, and the API modules import the worker.
-    from processor import api_uploads
-    from processor.api_native import ARTEFACTS_DIR, prune_artefacts
+    from processor.api import uploads as api_uploads
+    from processor.api.native import ARTEFACTS_DIR, prune_artefacts
 
     removed = prune_scratch(config.blobs.scratch, queue, dry_run=dry_run)
     for source in config.sqs:

@@ -104,7 +104,7 @@ def jobs_show(
     config: ConfigOpt = None,
 ) -> None:
     """One job with its results, as JSON."""
-    from processor.api_common import job_document
+    from processor.api.common import job_document
 
     queue = _queue(_config(config))
     out.print_json(json.dumps(job_document(queue.get(_job_id(queue, job_id)))))

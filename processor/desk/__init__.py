@@ -15,7 +15,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from processor.api_common import STATE
+from processor.api.common import STATE
 from processor.desk import live, views
 from processor.desk.session import Sessions
 

@@ -17,7 +17,7 @@ import time
 import aiohttp_jinja2
 from aiohttp import web
 
-from processor.api_common import STATE, io
+from processor.api.common import STATE, io
 from processor.desk.views import (
     DESK,
     PAGE_SIZE,

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from processor.api_auth import Keyring, Principal
-from processor.api_common import ApiError
+from processor.api.auth import Keyring, Principal
+from processor.api.common import ApiError
 from processor.config import Scope
 
 COOKIE = "drishtiksha_desk"

@@ -22,8 +22,9 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from detectors.base import Label
-from processor import api_native, retry
-from processor.api_common import (
+from processor import retry
+from processor.api import native as api_native
+from processor.api.common import (
     JOB_ID,
     PRINCIPAL,
     STATE,
@@ -33,7 +34,7 @@ from processor.api_common import (
     job_document,
     may,
 )
-from processor.api_reviews import checked, record
+from processor.api.reviews import checked, record
 from processor.desk import words
 from processor.desk.session import CSRF_FIELD, Sessions, Viewer, check_csrf
 from processor.verdict import weights_warning

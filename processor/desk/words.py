@@ -7,8 +7,8 @@ import shutil
 from pathlib import PurePath
 from typing import Any
 
-from processor.api_common import ApiState
-from processor.api_native import detector_report
+from processor.api.common import ApiState
+from processor.api.native import detector_report
 from processor.verdict import explain_result, weights_warning
 from storage.queue import JobState, JobView
 from storage.reviews import ReviewView

@@ -20,8 +20,8 @@ import pytest
 from aiohttp import web
 from sqlalchemy import Engine
 
-from processor.api import init_app, runner
-from processor.api_uploads import sweep
+from processor.api.app import init_app, runner
+from processor.api.uploads import sweep
 from processor.config import Config, ConfigError
 from processor.daemon import load_pipeline
 from processor.lifecycle import Lifecycle
@@ -755,7 +755,7 @@ async def test_openapi_and_docs(start_api: Start) -> None:
     documented = {
         (m.upper(), p) for p, ops in doc["paths"].items() for m in ops if m != "parameters"
     }
-    from processor.api import ROUTES
+    from processor.api.app import ROUTES
 
     assert documented == {(m, p) for m, p, _, _ in ROUTES if p != "/docs/init.js"}
     for path, script in (
@@ -790,7 +790,7 @@ async def test_openapi_and_docs(start_api: Start) -> None:
 def test_vendored_docs_assets_match_their_provenance_note() -> None:
     """Every file served under /docs/static and /redoc/static is listed, with its sha256, in the
     note that says where it came from."""
-    from processor.api_docs import ASSETS
+    from processor.api.docs import ASSETS
 
     note = (ASSETS / "README.md").read_text()
     listed = dict(re.findall(r"^\| `([^`]+)`[^|]*\| `([0-9a-f]{64})` \|$", note, re.MULTILINE))

@@ -18,7 +18,7 @@ import yaml
 from aiohttp import web
 from typer.testing import CliRunner
 
-from processor.api import init_app, runner
+from processor.api.app import init_app, runner
 from processor.cli import app
 from processor.cli.common import LabelChoice, StateChoice
 from processor.config import load_config

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from sqlalchemy import Engine
 
-from processor.api import init_app, runner
+from processor.api.app import init_app, runner
 from processor.config import Config
 from processor.verdict import overall_verdict
 from storage.db import downgrade, upgrade

@@ -21,7 +21,7 @@ import yaml
 from aiohttp import web
 from typer.testing import CliRunner
 
-from processor.api import init_app, runner
+from processor.api.app import init_app, runner
 from processor.cli import app as cli
 from processor.cli.webhooks import DeliveryStateChoice
 from processor.config import Config, WebhooksConfig, WebhookTarget

@@ -13,8 +13,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from detectors.base import Label
-from processor import api_openapi
-from processor.api_common import job_document
+from processor.api import openapi as api_openapi
+from processor.api.common import job_document
 from processor.documents import DOCUMENTS
 from processor.verdict import (
     error_document,

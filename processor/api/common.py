@@ -18,8 +18,8 @@ from sqlalchemy import Engine
 
 from detectors.frames import DecodeLimits
 from processor import documents
-from processor.api_auth import Keyring, Principal
-from processor.api_metrics import ApiMetrics
+from processor.api.auth import Keyring, Principal
+from processor.api.metrics import ApiMetrics
 from processor.config import Config, Scope
 from processor.lifecycle import Lifecycle
 from processor.verdict import job_verdict_model, result_model

@@ -22,9 +22,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from sqlalchemy import Engine
 
-from processor import api_docs, api_native, api_reviews, api_seed, api_webhooks, desk
-from processor.api_auth import HEADER, Keyring
-from processor.api_common import (
+from processor import desk
+from processor.api import docs as api_docs
+from processor.api import native as api_native
+from processor.api import reviews as api_reviews
+from processor.api import seed as api_seed
+from processor.api import webhooks as api_webhooks
+from processor.api.auth import HEADER, Keyring
+from processor.api.common import (
     PRINCIPAL,
     STATE,
     ApiError,
@@ -33,9 +38,9 @@ from processor.api_common import (
     job_document,
     now_iso,
 )
-from processor.api_metrics import ApiMetrics
-from processor.api_openapi import query_parameters
-from processor.api_uploads import sweep
+from processor.api.metrics import ApiMetrics
+from processor.api.openapi import query_parameters
+from processor.api.uploads import sweep
 from processor.blobs import open_blobs
 from processor.config import ApiConfig, Config, ConfigError, Scope
 from processor.lifecycle import Lifecycle

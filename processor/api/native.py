@@ -17,7 +17,7 @@ from detectors import registry
 from detectors.base import Label
 from detectors.errors import MediaError, TransientError
 from processor import retry
-from processor.api_common import (
+from processor.api.common import (
     JOB_ID,
     SHA256,
     SHA256_PREFIX,
@@ -31,7 +31,7 @@ from processor.api_common import (
     now_iso,
     wait_for_job,
 )
-from processor.api_uploads import (
+from processor.api.uploads import (
     check_video,
     client_of,
     discard,

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from processor.api_common import PRINCIPAL, STATE, ApiError, ApiState, io, iso, job_id_param
+from processor.api.common import PRINCIPAL, STATE, ApiError, ApiState, io, iso, job_id_param
 from processor.webhooks import review_payload, review_targets
 from storage.models import REVIEW_DECISIONS
 from storage.queue import JobView

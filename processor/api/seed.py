@@ -20,9 +20,9 @@ from aiohttp import web
 from detectors import registry
 from detectors.base import FrameScore
 from detectors.temporal import TemporalAnalysis, analyse
-from processor.api_common import STATE, ApiError, ApiState, io, iso, now_iso, wait_for_job
-from processor.api_native import render_result, video_response
-from processor.api_uploads import (
+from processor.api.common import STATE, ApiError, ApiState, io, iso, now_iso, wait_for_job
+from processor.api.native import render_result, video_response
+from processor.api.uploads import (
     VIDEO_SUFFIX,
     Upload,
     check_video,

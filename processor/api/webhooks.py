@@ -7,7 +7,7 @@ import re
 
 from aiohttp import web
 
-from processor.api_common import JOB_ID_PREFIX, STATE, ApiError, ApiState, io, may
+from processor.api.common import JOB_ID_PREFIX, STATE, ApiError, ApiState, io, may
 from processor.webhooks import delivery_document
 from storage.deliveries import MAX_ID, Deliveries, DeliveryState, DeliveryView
 

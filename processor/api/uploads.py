@@ -34,7 +34,7 @@ from detectors.errors import (
     TransientError,
 )
 from detectors.frames import DecodeLimits, probe
-from processor.api_common import JOB_ID, PRINCIPAL, ApiError, ApiState, io
+from processor.api.common import JOB_ID, PRINCIPAL, ApiError, ApiState, io
 from processor.blobs import StoreUnavailable, Unreachable
 from processor.config import ApiConfig
 from processor.files import fsync_dir

@@ -1,6 +1,6 @@
 """``/openapi.json`` and two pages that render it: Swagger UI at ``/docs`` (it reads OpenAPI 3.1
 and sends requests) and ReDoc at ``/redoc`` (one long page to read). Both run from pinned copies
-packaged in ``processor/api_static`` (provenance in its README), never from a CDN, so they work on a
+packaged in ``processor/api/static`` (provenance in its README), never from a CDN, so they work on a
 LAN with no internet."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from processor.api_common import STATE
-from processor.api_openapi import document
+from processor.api.common import STATE
+from processor.api.openapi import document
 
-ASSETS = Path(__file__).parent / "api_static"
+ASSETS = Path(__file__).parent / "static"
 STATIC_PREFIX = "/docs/static"
 REDOC_PREFIX = "/redoc/static"
 # Only our own files may run on these pages; Swagger UI and ReDoc set inline styles, use data:
