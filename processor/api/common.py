@@ -4,11 +4,15 @@ the wait for a job to finish."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
+import functools
+import os
 import re
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any, TypeVar
@@ -96,9 +100,32 @@ def may(request: web.Request, scope: Scope) -> bool:
     return principal is not None and principal.may(scope)
 
 
+# The API's blocking work runs on pools of its own, not on the event loop's default pool that
+# a worker in the same process also uses: database and file calls on one, CPU-heavy work
+# (hashing whole files, probing media, rendering annotated videos) on a small bounded one, so
+# a long render never makes a database call, a heartbeat or a lease renewal wait. Threads
+# start only when first needed.
+_IO_POOL = ThreadPoolExecutor(16, "api-io")
+CPU_THREADS = max(1, min(4, os.cpu_count() or 1))
+_CPU_POOL = ThreadPoolExecutor(CPU_THREADS, "api-cpu")
+
+
 async def io(fn: Callable[..., T], *args: Any) -> T:
     """Run blocking database or file work off the event loop."""
-    return await asyncio.to_thread(fn, *args)
+    return await _run(_IO_POOL, fn, args)
+
+
+async def cpu(fn: Callable[..., T], *args: Any) -> T:
+    """Run CPU-heavy work off the event loop, at most ``CPU_THREADS`` at a time."""
+    return await _run(_CPU_POOL, fn, args)
+
+
+async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    # As asyncio.to_thread does: the call sees the caller's context variables.
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(
+        pool, functools.partial(context.run, fn, *args)
+    )
 
 
 def iso(value: dt.datetime | None) -> str | None:

@@ -24,6 +24,7 @@ from processor.api.common import (
     STATE,
     ApiError,
     ApiState,
+    cpu,
     io,
     job_document,
     job_id_param,
@@ -337,7 +338,7 @@ async def render_result(
         )
 
     try:
-        await io(work)
+        await cpu(work)
     except MediaError as exc:
         raise ApiError(422, exc.code, f"the video cannot be rendered: {exc.message}") from exc
     except TransientError as exc:

@@ -34,7 +34,7 @@ from detectors.errors import (
     TransientError,
 )
 from detectors.frames import DecodeLimits, probe
-from processor.api.common import JOB_ID, PRINCIPAL, ApiError, ApiState, io
+from processor.api.common import JOB_ID, PRINCIPAL, ApiError, ApiState, cpu, io
 from processor.blobs import StoreUnavailable, Unreachable
 from processor.config import ApiConfig
 from processor.files import fsync_dir
@@ -233,7 +233,7 @@ async def check_video(upload: Upload, limits: DecodeLimits) -> None:
     """Probe the stored file; a file that is no video (or breaks a limit) is removed and the
     request refused."""
     try:
-        await io(probe, upload.path, limits)
+        await cpu(probe, upload.path, limits)
     except MediaError as exc:
         await discard(upload)
         # The decoder names the file, whose name here is the server's: say "the upload".
