@@ -85,6 +85,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """``database_url`` shared by a module's tests, for a daemon they share: pytest runs the
+    module's tests backend by backend, so each backend's daemon starts once."""
+    with _database(request.param, tmp_path_factory.mktemp("db")) as url:
+        eng = make_engine(url)
+        try:
+            upgrade(eng)
+        finally:
+            eng.dispose()
+        yield url
+
+
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
     """S3 + SQS emulator on a free loopback port, shared by a module's tests (every test uses

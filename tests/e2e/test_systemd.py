@@ -39,6 +39,7 @@ def test_notify_sends_one_datagram(fake_systemd: tuple[socket.socket, str]) -> N
     assert sock.recv(1024) == b"STATUS=hello"
 
 
+@pytest.mark.e2e
 def test_daemon_reports_ready_watchdog_and_stopping(
     fake_systemd: tuple[socket.socket, str], tmp_path: Path
 ) -> None:
