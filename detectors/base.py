@@ -119,6 +119,9 @@ class Detector(ABC, Generic[ConfigT]):
     # ABSTAIN reasons that are facts about the bytes (same file, version and weights: same
     # answer), so a stored one may be reused like a verdict; errors never are.
     final_abstentions: ClassVar[frozenset[str]] = frozenset()
+    # "module:Class" of the ``detectors.training.Trainer`` that trains it (None: it cannot be
+    # trained), imported only by the commands that train.
+    trainer: ClassVar[str | None] = None
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config

@@ -157,6 +157,7 @@ class ColorCuesDetector(CalibratedDetector[ColorCuesConfig]):
     key: ClassVar[str] = KEY
     version: ClassVar[str] = "1.0.0"
     config_class: ClassVar[type[DetectorConfig]] = ColorCuesConfig
+    trainer: ClassVar[str | None] = "detectors.training:ColorCuesTrainer"
 
     def __init__(self, config: ColorCuesConfig) -> None:
         super().__init__(config)

@@ -29,6 +29,9 @@ from detectors.training import (
     Features,
     ShipSettings,
     Split,
+    Trainer,
+    TrainJob,
+    TrainParams,
     calibrate,
     card_data,
     card_header,
@@ -251,3 +254,29 @@ scored.
 - Cues of sharpness and motion also follow resolution and compression: a heavily recompressed
   real clip can look "repainted".
 """
+
+
+class FaceCuesTrainer(Trainer):
+    """face-cues-v1: the logistic regression over the cues, fitted in one step; it can also
+    only measure, leaving one group out at a time."""
+
+    cross_validates = True
+
+    def command_options(self, params: TrainParams, l2: float) -> str:
+        return f" --l2 {l2}"
+
+    def train(self, job: TrainJob) -> dict[str, Any]:
+        return train_and_ship(
+            job.clips,
+            job.splits,
+            job.features,
+            job.config,
+            FitParams(l2=job.l2),
+            job.settings,
+            job.params.seed,
+        )
+
+    def cross_validate(self, job: TrainJob) -> dict[str, Any]:
+        return cross_validate(
+            job.clips, job.features, FitParams(l2=job.l2), job.settings.resamples, job.params.seed
+        )

@@ -530,6 +530,7 @@ class FaceCuesDetector(CalibratedDetector[FaceCuesConfig]):
     key: ClassVar[str] = KEY
     version: ClassVar[str] = "1.0.0"
     config_class: ClassVar[type[DetectorConfig]] = FaceCuesConfig
+    trainer: ClassVar[str | None] = "detectors.cue_training:FaceCuesTrainer"
 
     def __init__(self, config: FaceCuesConfig) -> None:
         super().__init__(config)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detectors.base import Detector
 from detectors.errors import DetectorError
+
+if TYPE_CHECKING:
+    from detectors.training import Trainer
 
 # key -> module that defines the detector class with that key.
 _PLUGINS: dict[str, str] = {
@@ -108,3 +111,19 @@ def check_checkpoint(key: str, raw_config: Mapping[str, Any], path: Path) -> str
     and what ``build`` raises.
     """
     return build(key, raw_config).check_checkpoint(path)
+
+
+def trainer(key: str) -> Trainer | None:
+    """The trainer of the detector ``key``, or None when it cannot be trained (or does not
+    load)."""
+    cls = find(key)
+    if cls is None or cls.trainer is None:
+        return None
+    module_name, _, name = cls.trainer.partition(":")
+    factory: type[Trainer] = getattr(importlib.import_module(module_name), name)
+    return factory(key)
+
+
+def trainable() -> list[str]:
+    """Keys of the registered detectors that can be trained."""
+    return sorted(key for key, cls in available().items() if cls.trainer is not None)

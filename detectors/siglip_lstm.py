@@ -367,6 +367,7 @@ class SiglipLSTMBase(CalibratedDetector[ConfigT]):
     """The shared implementation of ``siglip-lstm-v1`` and ``-v3``."""
 
     version: ClassVar[str] = "1.0.0"
+    trainer: ClassVar[str | None] = "detectors.siglip_training:SiglipTrainer"
 
     def __init__(self, config: ConfigT) -> None:
         super().__init__(config)

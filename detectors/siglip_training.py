@@ -13,14 +13,16 @@ cache are ``detectors.training``'s.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from detectors.base import Detector
 from detectors.manifest import OperatingPoint, register
 from detectors.siglip_lstm import (
     Embedded,
@@ -37,6 +39,8 @@ from detectors.training import (
     Features,
     ShipSettings,
     Split,
+    Trainer,
+    TrainJob,
     TrainParams,
     calibrate,
     card_data,
@@ -270,3 +274,33 @@ validation video BCE, patience {params.patience}: best epoch {training.best_epoc
 
 {card_results(report, params.seed)}
 """
+
+
+class SiglipTrainer(Trainer):
+    """siglip-lstm-v1/-v3: the LSTM and both classifiers on a frozen backbone folder's frame
+    embeddings, computed once per clip."""
+
+    by_epochs = True
+    # The cache holds embeddings, not the detector's prepared frames.
+    features_are_inputs = False
+
+    def section(self, section: dict[str, Any]) -> dict[str, Any]:
+        # The settings insist that a backbone comes with heads to load; training is what makes
+        # the heads, so the check is satisfied with a placeholder.
+        return section | {"weights": "manifest"}
+
+    def feature_maker(
+        self, detector: Detector[Any], prepare: Callable[[Path], Any]
+    ) -> Callable[[Path], Any]:
+        embed = Embedder(detector.config)
+
+        def embedded(path: Path) -> tuple[Embedded, Any]:
+            item, info = prepare(path)
+            return embed(item), info
+
+        return embedded
+
+    def train(self, job: TrainJob) -> dict[str, Any]:
+        return train_and_ship(
+            self.key, job.clips, job.splits, job.features, job.config, job.params, job.settings
+        )

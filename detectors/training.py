@@ -19,12 +19,13 @@ import math
 import os
 import re
 import tempfile
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -730,6 +731,85 @@ class ShipSettings:
     target_fpr: float | None = None
     uncertain_fraction: float = 0.2
     resamples: int = 1000
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One training run, whatever the detector: the clips, their split, the prepared features,
+    the detector's settings, and how to train and ship."""
+
+    clips: Sequence[Clip]
+    splits: Sequence[Split]
+    features: Mapping[str, Features]
+    config: Any  # the detector's own configuration class
+    params: TrainParams
+    settings: ShipSettings
+    l2: float = 3.0  # the regressions' penalty
+    state_dir: Path | None = None  # per-epoch state, for resume
+    resume: bool = False
+    on_epoch: Callable[[dict[str, float]], None] | None = None
+
+
+class Trainer(ABC):
+    """How one detector trains (a detector names its trainer in ``Detector.trainer``): the
+    configuration training validates, what its features are, and the run itself."""
+
+    # Progress is shown per epoch (else the fit is one step).
+    by_epochs: ClassVar[bool] = False
+    # ``train --cross-validate`` (only measure, leaving each group out) is possible.
+    cross_validates: ClassVar[bool] = False
+    # Cached features are the detector's own prepared inputs, so ``eval`` may read them.
+    features_are_inputs: ClassVar[bool] = True
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def section(self, section: dict[str, Any]) -> dict[str, Any]:
+        """The detector's configuration section as training validates it (weights and
+        operating point already left out)."""
+        return section
+
+    def command_options(self, params: TrainParams, l2: float) -> str:
+        """The options of ``drishtiksha train`` that shaped this run, for the model card."""
+        return (
+            f" --epochs {params.epochs} --patience {params.patience}"
+            f" --batch-size {params.batch_size} --learning-rate {params.learning_rate}"
+        )
+
+    def feature_maker(
+        self, detector: Detector[Any], prepare: Callable[[Path], Any]
+    ) -> Callable[[Path], Any]:
+        """What extracts one clip's features, given the pipeline's ``prepare`` for it: by
+        default that, with the detector set up on the CPU."""
+        detector.setup("cpu")
+        return prepare
+
+    @abstractmethod
+    def train(self, job: TrainJob) -> dict[str, Any]:
+        """Train, calibrate, measure and ship; the report the model card shows."""
+
+    def cross_validate(self, job: TrainJob) -> dict[str, Any]:
+        """Only measure, leaving one group out at a time (where ``cross_validates``)."""
+        raise DatasetError(f"{self.key} has no leave-one-group-out recipe")
+
+
+class ColorCuesTrainer(Trainer):
+    """color-cues-lstm-v1: the LSTM over colour histograms, trained by epochs."""
+
+    by_epochs = True
+
+    def train(self, job: TrainJob) -> dict[str, Any]:
+        return train_and_ship(
+            job.clips,
+            job.splits,
+            job.features,
+            job.config,
+            job.params,
+            job.settings,
+            state_path=None if job.state_dir is None else job.state_dir / f"{self.key}.state.pt",
+            resume=job.resume,
+            on_epoch=job.on_epoch,
+        )
 
 
 def split_file(card: Path) -> Path:

@@ -82,49 +82,29 @@ def train(
     manifest entry to --out."""
     from pydantic import ValidationError
 
-    from detectors import cue_training, siglip_training
+    from detectors import registry
     from detectors import training as tr
-    from detectors.color_cues import KEY, ColorCuesConfig, ColorCuesDetector
-    from detectors.face_cues import KEY as FACE_KEY
-    from detectors.face_cues import FaceCuesConfig, FaceCuesDetector
-    from detectors.siglip_lstm import (
-        KEY_V1,
-        KEY_V3,
-        SiglipLSTMConfig,
-        SiglipLSTMv1,
-        SiglipLSTMv3,
-        SiglipLSTMv3Config,
-    )
     from detectors.weights import WeightsError
 
     cfg = _config(config)
     setup_logging("WARNING", "text")
-    trainable: dict[str, tuple[Any, Any]] = {
-        KEY: (ColorCuesConfig, ColorCuesDetector),
-        FACE_KEY: (FaceCuesConfig, FaceCuesDetector),
-        KEY_V1: (SiglipLSTMConfig, SiglipLSTMv1),
-        KEY_V3: (SiglipLSTMv3Config, SiglipLSTMv3),
-    }
-    if detector not in trainable:
-        err.print(f"error: {detector!r} cannot be trained; these can: {', '.join(trainable)}")
-        raise typer.Exit(2)
-    if cross_validate and detector != FACE_KEY:
-        err.print(f"error: --cross-validate is for {FACE_KEY} only")
-        raise typer.Exit(2)
-    config_class, detector_class = trainable[detector]
+    cls = registry.find(detector)
+    trainer = registry.trainer(detector)
+    if cls is None or trainer is None:
+        _fail(f"{detector!r} cannot be trained; these can: {', '.join(registry.trainable())}")
+    if cross_validate and not trainer.cross_validates:
+        _fail(f"--cross-validate: {detector} has no leave-one-group-out recipe")
     # The configured feature settings, with the weights and operating point left out: features
     # do not depend on them, and training must not need an existing checkpoint.
-    section = {
-        k: v
-        for k, v in cfg.detectors.get(detector, {}).items()
-        if k not in ("weights", "threshold", "uncertain_band", "manifest")
-    }
-    if detector in (KEY_V1, KEY_V3):
-        # The SigLIP settings insist that a backbone comes with heads to load; training is
-        # what makes the heads, so the check is satisfied with a placeholder.
-        section["weights"] = "manifest"
+    section = trainer.section(
+        {
+            k: v
+            for k, v in cfg.detectors.get(detector, {}).items()
+            if k not in ("weights", "threshold", "uncertain_band", "manifest")
+        }
+    )
     try:
-        det_cfg = config_class.model_validate(section)
+        det_cfg = cls.config_class.model_validate(section)
         clips = tr.assign_groups(tr.load_clips(data))
         splits = tr.group_split(
             [c.label for c in clips], [c.group for c in clips], val_fraction, test_fraction, seed
@@ -144,12 +124,7 @@ def train(
         f" --seed {seed} --val-fraction {val_fraction} --test-fraction {test_fraction}"
         f" --uncertain-fraction {uncertain_fraction}"
         + (f" --target-fpr {target_fpr}" if target_fpr is not None else "")
-        + (
-            f" --l2 {l2}"
-            if detector == FACE_KEY
-            else f" --epochs {epochs} --patience {patience} --batch-size {batch_size}"
-            f" --learning-rate {learning_rate}"
-        )
+        + trainer.command_options(params, l2)
     )
     settings = tr.ShipSettings(
         out_dir=out_dir,
@@ -161,31 +136,17 @@ def train(
         target_fpr=target_fpr,
         uncertain_fraction=uncertain_fraction,
     )
-    extractor = detector_class(det_cfg)
-    prepare: Any
-    if detector in (KEY_V1, KEY_V3):
-        # The heads train on the frozen tower's embeddings: prepare, then embed, once per clip.
-        try:
-            embed = siglip_training.Embedder(det_cfg)
-        except WeightsError as exc:
-            err.print(f"error: {exc}", highlight=False)
-            raise typer.Exit(2) from exc
-        pipeline, cache = _feature_source(cfg, extractor, cache_dir)
-        frames = _preparer(pipeline, detector)
-
-        def prepare(path: Path) -> tuple[Any, Any]:
-            item, info = frames(path)
-            return embed(item), info
-
-    else:
-        extractor.setup("cpu")
-        pipeline, cache = _feature_source(cfg, extractor, cache_dir)
-        prepare = _preparer(pipeline, detector)
+    extractor = cls(det_cfg)
+    pipeline, cache = _feature_source(cfg, extractor, cache_dir)
+    try:
+        prepare = trainer.feature_maker(extractor, _preparer(pipeline, detector))
+    except WeightsError as exc:
+        err.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from exc
     with Steps(err) as steps:
         task = steps.add("features", total=len(clips))
         features = tr.extract_features(clips, cache, prepare, workers, task.advance)
-        # Only color-cues trains by epochs; the others fit in one step.
-        fit = steps.add("training", total=epochs) if detector == KEY else None
+        fit = steps.add("training", total=epochs) if trainer.by_epochs else None
 
         def on_epoch(record: dict[str, float]) -> None:
             if fit is not None:
@@ -194,37 +155,19 @@ def train(
                     description=f"training (val loss {record['val_loss']:.3f})",
                 )
 
+        job = tr.TrainJob(
+            clips, splits, features, det_cfg, params, settings, l2, state_dir, resume, on_epoch
+        )
         try:
             if cross_validate:
-                pooled = cue_training.cross_validate(
-                    clips, features, cue_training.FitParams(l2=l2), settings.resamples, seed
-                )
+                pooled = trainer.cross_validate(job)
                 out.print(
                     f"leave one group out: {pooled['groups']} groups, {pooled['unusable']} "
                     "clips without usable cues left out"
                 )
                 _print_reports({"every clip, its group held out": pooled})
                 return
-            if detector == FACE_KEY:
-                report = cue_training.train_and_ship(
-                    clips, splits, features, det_cfg, cue_training.FitParams(l2=l2), settings, seed
-                )
-            elif detector in (KEY_V1, KEY_V3):
-                report = siglip_training.train_and_ship(
-                    detector, clips, splits, features, det_cfg, params, settings
-                )
-            else:
-                report = tr.train_and_ship(
-                    clips,
-                    splits,
-                    features,
-                    det_cfg,
-                    params,
-                    settings,
-                    state_path=state_dir / f"{KEY}.state.pt",
-                    resume=resume,
-                    on_epoch=on_epoch,
-                )
+            report = trainer.train(job)
         except tr.DatasetError as exc:
             err.print(f"error: {exc}", highlight=False)
             raise typer.Exit(2) from exc
@@ -522,10 +465,9 @@ def _evaluate(
     """Each clip's vote per detector, through ``Pipeline.prepare`` and
     ``Pipeline.predict`` in batches as the worker runs them. With a single cacheable detector,
     its cached prepared inputs stand in for ``prepare`` (they are its output for these bytes)."""
+    from detectors import registry
     from detectors.base import DetectorResult
-    from detectors.color_cues import ColorCuesDetector
     from detectors.errors import DetectorError
-    from detectors.face_cues import FaceCuesDetector
     from detectors.training import Failed, FeatureCache, Features
     from processor.pipeline import PreparedVideo
     from processor.verdict import DetectorVote
@@ -533,8 +475,10 @@ def _evaluate(
     built = pipeline.detectors
     keys = list(built)
     cache: FeatureCache | None = None
-    cacheable = (ColorCuesDetector, FaceCuesDetector)
-    if cache_dir is not None and len(keys) == 1 and isinstance(built[keys[0]], cacheable):
+    # A trainer's cached features stand in for prepare only where they are the detector's own
+    # prepared inputs (SigLIP's cache holds embeddings).
+    trainer = registry.trainer(keys[0]) if len(keys) == 1 else None
+    if cache_dir is not None and trainer is not None and trainer.features_are_inputs:
         cache = _feature_source(cfg, built[keys[0]], cache_dir)[1]
     results: list[dict[str, DetectorVote]] = [{} for _ in clips]
     pending: list[tuple[int, PreparedVideo]] = []
