@@ -20,7 +20,10 @@ Signatures are checked by the C2PA reference implementation (c2pa-rs, through c2
 a child process with a deadline and an address-space limit (``detectors.c2pa_probe``: hostile
 manifests can make the reader use gigabytes or minutes); a check that fails so abstains with
 ``check_failed``, which is never reused from the result cache. Nothing is fetched over the
-network (no remote manifests, no OCSP).
+network (no remote manifests, no OCSP). Most videos carry no manifest, and starting the child
+costs an interpreter's start-up, so an MP4 or MOV whose top-level boxes (read here, headers only)
+include no ``uuid`` box, where C2PA embeds its manifest (and XMP its pointer to a remote one),
+is answered ``no_manifest`` without it; every other file goes to the reader.
 Without ``trust_anchors`` a signer is "valid" but never "trusted"; with them, chains that end at
 one of those certificates are "trusted", and ``require_trusted`` limits FAKE to those.
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -60,6 +64,38 @@ GENERATIVE_SOURCE_TYPES = ("trainedAlgorithmicMedia", "compositeWithTrainedAlgor
 # The validator lists an untrusted signer among its failures even when the manifest is valid;
 # whether it matters is this detector's decision (``require_trusted``), not a defect of the file.
 _UNTRUSTED = "signingCredential.untrusted"
+
+# Top-level boxes read before a file is handed to the reader anyway: the reader's own time
+# grows with the count, and this look must stay cheap on a hostile file.
+_MAX_BOXES = 4096
+
+
+def may_carry_manifest(path: Path) -> bool:
+    """False only for an ISO BMFF file (it starts with ``ftyp``) whose top-level boxes, every
+    one read to the end of the file, include no ``uuid`` box; True for anything else (another
+    format, a box that does not parse, too many boxes), which the reader must judge."""
+    try:
+        size = os.path.getsize(path)
+        with path.open("rb") as f:
+            offset = 0
+            for count in range(_MAX_BOXES):
+                if offset == size:
+                    return count == 0  # an empty file is no BMFF
+                f.seek(offset)
+                header = f.read(16)
+                length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+                if len(header) < 8 or kind == b"uuid" or (count == 0 and kind != b"ftyp"):
+                    return True
+                if length == 1:  # a 64-bit size follows the type
+                    length = int.from_bytes(header[8:16], "big") if len(header) == 16 else 0
+                elif length == 0:  # the box runs to the end of the file
+                    length = size - offset
+                if length < 8 or offset + length > size:
+                    return True
+                offset += length
+    except OSError:
+        return True
+    return True
 
 
 class ProvenanceConfig(DetectorConfig):
@@ -318,9 +354,13 @@ class ProvenanceDetector(Detector[ProvenanceConfig]):
 
     def prepare(self, frames: SampledFrames) -> Finding:
         """Read and judge the manifest in a child process (one pass over the file for the
-        content hash when there is a manifest)."""
+        content hash when there is a manifest), unless the file's boxes show there is none."""
         if frames.path is None:
             raise ValueError(f"{KEY} needs the decoded file's path")
+        if not may_carry_manifest(frames.path):
+            return Finding(
+                _abstain("no_manifest", "no content credentials in the file (no C2PA box)")
+            )
         outcome = self.read(frames.path)
         if outcome["kind"] == "failed":
             # Not a fact about the bytes (a loaded machine can time out too): never reused.

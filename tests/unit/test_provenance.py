@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from detectors import registry
 from detectors.base import DetectorResult
 from detectors.frames import DecodeLimits
-from detectors.provenance import ProvenanceDetector
+from detectors.provenance import ProvenanceDetector, may_carry_manifest
 from detectors.weights import WeightsError
 from processor.pipeline import Pipeline
 from tests.credentials import (
@@ -55,6 +55,36 @@ def test_no_manifest_abstains(clip: Path) -> None:
     result = judge(clip)
     assert (result.label.value, result.fake_probability) == ("ABSTAIN", None)
     assert result.details["reason"] == "no_manifest"
+
+
+def test_only_a_file_that_cannot_carry_a_manifest_skips_the_reader(
+    clip: Path, creds: Credentials, tmp_path: Path
+) -> None:
+    assert not may_carry_manifest(clip)
+    assert judge(clip).details["message"] == "no content credentials in the file (no C2PA box)"
+    signed = sign_video(clip, tmp_path / "signed.mp4", creds, [action("c2pa.created", AI)])
+    assert may_carry_manifest(signed)
+    data = clip.read_bytes()
+    cases = {
+        "a uuid box": data + (24).to_bytes(4, "big") + b"uuid" + bytes(16),
+        "too many boxes": data + b"\x00\x00\x00\x08free" * 5000,
+        "a box past the end": data + (64).to_bytes(4, "big") + b"free",
+        "a box shorter than its header": data + (4).to_bytes(4, "big") + b"free",
+        "no ftyp first": b"\x00\x00\x00\x08free" + data,
+        "empty": b"",
+    }
+    for name, content in cases.items():
+        path = tmp_path / f"{name}.mp4"
+        path.write_bytes(content)
+        assert may_carry_manifest(path), name
+    # A 64-bit box size and a last box that runs to the end are read as BMFF writes them.
+    large = data + (1).to_bytes(4, "big") + b"free" + (24).to_bytes(8, "big") + bytes(8)
+    to_end = data + (0).to_bytes(4, "big") + b"mdat" + bytes(100)
+    for name, content in (("largesize", large), ("to the end", to_end)):
+        path = tmp_path / f"{name}.mp4"
+        path.write_bytes(content)
+        assert not may_carry_manifest(path), name
+    assert may_carry_manifest(tmp_path / "missing.mp4")
 
 
 @pytest.mark.skipif(not SHARED_VIDEOS.is_dir(), reason="../shared/videos is not present")
