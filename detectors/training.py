@@ -17,7 +17,6 @@ import io
 import json
 import math
 import os
-import re
 import tempfile
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -142,47 +141,21 @@ def _from_folders(root: Path) -> list[Clip]:
 
 # --- groups and split --------------------------------------------------------------------------
 
-# Celeb-DF names its people: id13_0011 is person 13, id13_id10_0011 swaps 10's face onto 13.
-_CELEBDF_ID = re.compile(r"(?<![a-z0-9])id(\d+)(?=_)")
-# MEAD subject ids (M030, W009) also name the people that DreamTalk drives.
-_MEAD_SUBJECT = re.compile(r"(?<![a-z0-9])([mw]\d{3})(?![0-9])")
-# People known to appear in clips from unrelated sources of the shared test set; a word of the
-# file name that matches links those clips.
-KNOWN_PEOPLE: Mapping[str, tuple[str, ...]] = {
-    "obama": ("obama",),
-    "elon-musk": ("elon", "musk"),
-}
-
 GROUP_RULE = (
     "Clips are linked when they share a person or a source, and each connected set of clips is "
     "one group; a group lies wholly in train, val or test. Links: (0) identical files (equal "
-    "sha256) always; (1) a `group` column, when the CSV has one, decides the rest; (2) "
-    "Celeb-DF clips (names `celebdf_idA_NNNN` real, `celebdf_idA_idB_NNNN` fake) link through "
-    "every person id in the name, so a face swap sits with both people's real clips; (3) every "
-    "other clip links to its `origin_repo`: a generator's outputs with the inputs published "
-    "beside them (Wav2Lip-generated with Wav2Lip-input, EDTalk-generated with "
-    "EDTalk-driving-source, HyperLips-generated with HyperLips-test-input, GHOST-faceswap with "
-    "GHOST-target, DeepFaceLive-faceswap with DeepFaceLive-sample-input, DreamTalk-generated "
-    "with its MEAD style clips, ...), and a clip without a repository is its own source; (4) "
-    "MEAD subject ids (M030, W009, ...) and the names of people seen across sources ("
-    + ", ".join(sorted(KNOWN_PEOPLE))
-    + ") link the clips whose file names carry them."
+    "sha256) always; (1) the CSV's `group` column, where a clip has one (the people and "
+    "sources that tie clips together are written there, not guessed from file names); (2) a "
+    "clip without one links to its `origin_repo`, so a source's clips stay together, and a "
+    "clip with neither is its own group."
 )
 
 
 def _link_tokens(clip: Clip) -> set[str]:
-    if clip.group:
-        return {f"group:{clip.group}", f"bytes:{clip.sha256}"}
-    name = Path(clip.file).stem.lower()
     tokens = {f"bytes:{clip.sha256}"}
-    if name.startswith("celebdf") or clip.dataset.lower().startswith("celeb-df"):
-        tokens |= {f"person:celebdf-id{i}" for i in _CELEBDF_ID.findall(name)}
-    if len(tokens) == 1:
-        tokens.add(f"source:{clip.origin_repo}" if clip.origin_repo else f"clip:{clip.file}")
-    tokens |= {f"person:mead-{s}" for s in _MEAD_SUBJECT.findall(name)}
-    words = set(re.split(r"[^a-z0-9]+", name))
-    tokens |= {f"person:{who}" for who, names in KNOWN_PEOPLE.items() if words & set(names)}
-    return tokens
+    if clip.group:
+        return tokens | {f"group:{clip.group}"}
+    return tokens | {f"source:{clip.origin_repo}" if clip.origin_repo else f"clip:{clip.file}"}
 
 
 def assign_groups(clips: Sequence[Clip]) -> list[Clip]:
