@@ -20,7 +20,8 @@ from processor.api.app import runner as api_runner
 from processor.blobs import open_blobs
 from processor.config import Config
 from processor.gc import gc_forever
-from processor.ingest import FolderWatcher
+from processor.ingest.folder import FolderWatcher
+from processor.ingest.sqs import SqsSource
 from processor.lifecycle import Lifecycle
 
 # Part of the daemon's interface: what starts a worker builds and sets up detectors with these.
@@ -28,7 +29,6 @@ from processor.loader import build_detectors as build_detectors
 from processor.loader import decode_limits as decode_limits
 from processor.loader import load_pipeline as load_pipeline
 from processor.loader import resolve_device as resolve_device
-from processor.sqs import SqsSource
 from processor.webhooks import Dispatcher
 from processor.worker import Worker
 from storage.db import make_engine, upgrade

@@ -25,7 +25,7 @@ from processor.cli.common import (
 from processor.progress import Steps
 
 if TYPE_CHECKING:
-    from processor.bench import PipelineRun
+    from processor.bench.core import PipelineRun
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (results: docs/benchmarks.md).")
@@ -57,7 +57,7 @@ def bench_queue_cmd(
     latency percentiles, for each number of worker processes. With --s3-endpoint, each job's
     bytes are also stored at enqueue (timed apart), fetched by the worker and its verdict
     written back, as between hosts with blobs.kind s3."""
-    from processor.bench import bench_queue, machine
+    from processor.bench.core import bench_queue, machine
     from processor.config import BlobsConfig
 
     if (s3_endpoint is None) != (bucket is None):
@@ -131,7 +131,7 @@ def bench_detectors_cmd(
     """Videos per second and time per stage through the detectors, ours against the older
     service's per-video, per-model, seek-per-frame way."""
     from detectors import registry
-    from processor.bench import SEED_DETECTORS, bench_pipeline, bench_seed_way, video_files
+    from processor.bench.core import SEED_DETECTORS, bench_pipeline, bench_seed_way, video_files
     from processor.loader import resolve_device
 
     cfg = _config(config)
@@ -209,7 +209,7 @@ def _detectors_report(
     command: str,
     load_before: tuple[float, float, float],
 ) -> dict[str, Any]:
-    from processor.bench import machine
+    from processor.bench.core import machine
 
     best = max(runs, key=lambda r: r.videos_per_s)
     videos = best.videos
@@ -254,7 +254,7 @@ def bench_decode_cmd(
 ) -> None:
     """Sample frames per video: one sequential decode (ours) against a seek per sampled frame
     (the older service's way), side by side."""
-    from processor.bench import DecodeRow, bench_decode, machine, summarise, video_files
+    from processor.bench.core import DecodeRow, bench_decode, machine, summarise, video_files
     from processor.loader import decode_limits
 
     cfg = _config(config)
@@ -298,8 +298,8 @@ def bench_desk_cmd(
 ) -> None:
     """The desk at scale: bulk-fill a scratch database, serve the application on a loopback
     port and time the desk's pages (and the API's list) over HTTP, p50/p95 in ms."""
-    from processor.bench import machine
-    from processor.bench_desk import bench_desk, print_report
+    from processor.bench.core import machine
+    from processor.bench.desk import bench_desk, print_report
 
     report = {"machine": machine(), **asyncio.run(bench_desk(database_url, jobs, repeats))}
     if as_json:
@@ -329,8 +329,8 @@ def bench_startup_cmd(
     after one untimed warm-up, in a scratch folder."""
     import os
 
-    from processor.bench import machine
-    from processor.bench_startup import COMMANDS, StartupBenchError, bench_startup
+    from processor.bench.core import machine
+    from processor.bench.startup import COMMANDS, StartupBenchError, bench_startup
     from processor.config import ConfigError, find_config
     from processor.progress import Steps
 
@@ -393,7 +393,7 @@ def bench_gpu_cmd(
     """On a CUDA host: the CUDA tests, then the older service's three detectors with dummy
     weights at each batch size; one JSON line (videos/s, GPU utilisation, decode time, peak
     memory). Refuses in one line where there is no CUDA device."""
-    from processor.bench_gpu import main
+    from processor.bench.gpu import main
 
     argv = ["--batches", batches, "--device", device]
     if clips is not None:
@@ -422,7 +422,7 @@ def bench_gpu_bundle_cmd(
     """Prepare, here, what `bench gpu` needs on a GPU host without network: the wheels it lacks
     (PyAV, pydantic, dlib), this project's wheel, the CUDA tests and a few clips, within 64 MiB,
     and run.sh, which installs them offline and runs the benchmark."""
-    from processor.gpu_bundle import BundleError, build_bundle
+    from processor.bench.gpu_bundle import BundleError, build_bundle
 
     try:
         bundle = build_bundle(out_dir, videos=videos, clips=clips, python_version=python_version)
@@ -476,8 +476,8 @@ def bench_faces_cmd(
     from detectors import training as tr
     from detectors.errors import DetectorError
     from detectors.face_cues import KEY, FaceCuesConfig
-    from processor.bench import machine
-    from processor.bench_faces import bench_faces, parse_finders, parse_size
+    from processor.bench.core import machine
+    from processor.bench.faces import bench_faces, parse_finders, parse_size
     from processor.loader import decode_limits
 
     cfg = _config(config)
@@ -589,7 +589,7 @@ def bench_runtime_agreement_cmd(
     flips, and seconds per frame of each, every runtime on the same frames."""
     from detectors.errors import DetectorError
     from detectors.siglip_lstm import KEY_V1
-    from processor.bench import runtime_agreement, video_files
+    from processor.bench.core import runtime_agreement, video_files
     from processor.loader import decode_limits
     from processor.progress import Steps
 

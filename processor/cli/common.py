@@ -76,7 +76,7 @@ def _config(path: Path | None) -> Config:
 def _video_files(paths: list[Path]) -> list[Path]:
     """The files to judge: each file named, and the files directly inside each folder named,
     skipping what an inbox skips (hidden, temporary and partial files, our sidecars)."""
-    from processor.ingest import is_junk
+    from processor.ingest.folder import is_junk
 
     files: list[Path] = []
     for path in paths:
@@ -171,7 +171,8 @@ def _code_version() -> str:
     """``git describe`` of the source tree, when it is a git checkout."""
     import subprocess
 
-    root = Path(__file__).resolve().parents[1]
+    # processor/cli/ sits two levels below the checkout.
+    root = Path(__file__).resolve().parents[2]
     try:
         done = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--tags"],

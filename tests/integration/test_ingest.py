@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from processor.ingest import FolderWatcher
+from processor.ingest.folder import FolderWatcher
 
 QUIET_S = 0.4
 CHECK_S = 0.1

@@ -15,12 +15,12 @@ import boto3  # type: ignore[import-untyped]
 import pytest
 from pydantic import ValidationError
 
-from processor import sqs as sqs_module
 from processor.blobs import S3Blobs, SourceChanged
 from processor.config import BlobsConfig, Config, QueueConfig, SqsSourceConfig
 from processor.daemon import Daemon
+from processor.ingest import sqs as sqs_module
+from processor.ingest.sqs import Poison, SqsSource, parse_message, safe_name
 from processor.lifecycle import Lifecycle
-from processor.sqs import Poison, SqsSource, parse_message, safe_name
 from storage.db import make_engine
 from storage.queue import JobQueue, JobView
 from tests.net import AWS_REGION as REGION

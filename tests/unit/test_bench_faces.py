@@ -11,7 +11,7 @@ import pytest
 from detectors.face_cues import FaceCuesConfig
 from detectors.frames import DecodeLimits
 from detectors.training import Clip
-from processor.bench_faces import bench_faces, pad, parse_finders, parse_size
+from processor.bench.faces import bench_faces, pad, parse_finders, parse_size
 from tests.media import SHARED_VIDEOS, make_video
 
 LIMITS = DecodeLimits(1 << 30, 3600, 3840 * 2160, 100_000)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from detectors.frames import DecodeLimits, probe
-from processor import bench_gpu
-from processor.gpu_bundle import CARRIED, NOT_ON_GPU_HOSTS
+from processor.bench import gpu as bench_gpu
+from processor.bench.gpu_bundle import CARRIED, NOT_ON_GPU_HOSTS
 from processor.loader import _gpu_driver_present
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,13 +43,13 @@ def test_a_bad_command_line_exits_2_with_one_line(
         bench_gpu.parse_args(bad)
     assert stopped.value.code == 2
     [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith("error: python -m processor.bench_gpu: ")
+    assert line.startswith("error: python -m processor.bench.gpu: ")
 
 
 @pytest.mark.skipif(_gpu_driver_present(), reason="this host has a GPU driver")
 def test_without_cuda_it_refuses_in_one_line() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "processor.bench_gpu", "--out", "never.json"],
+        [sys.executable, "-m", "processor.bench.gpu", "--out", "never.json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -69,7 +69,7 @@ def test_its_imports_need_only_the_carried_wheels() -> None:
     lacks (SQLAlchemy, watchdog, boto, ...)."""
     probe_code = (
         "import json, sys\n"
-        "from processor import bench_gpu\n"
+        "from processor.bench import gpu as bench_gpu\n"
         "bench_gpu.built_detectors(4)\n"
         "import tests.unit.test_siglip_lstm, tests.unit.test_pipeline\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from processor.bench_startup import Timing, scratch_config
+from processor.bench.startup import Timing, scratch_config
 from processor.config import Config
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from processor import gpu_bundle
-from processor.bench_gpu import TEST_FILES, synthetic_clip
-from processor.gpu_bundle import CARRIED, BundleError, build_bundle, pins
+from processor.bench import gpu_bundle
+from processor.bench.gpu import TEST_FILES, synthetic_clip
+from processor.bench.gpu_bundle import CARRIED, BundleError, build_bundle, pins
 
 
 def _fake_download(requirements: Sequence[str], dest: Path, python_version: str) -> None:
@@ -60,7 +60,7 @@ def test_the_bundle_holds_wheels_tests_clips_and_an_offline_installer(
     run_sh = (out / "run.sh").read_text()
     assert len(run_sh.splitlines()) == 2, "a shebang and one command"
     assert "pip install --quiet --no-index --find-links wheels" in run_sh
-    assert "-m processor.bench_gpu --clips clips --tests tests" in run_sh
+    assert "-m processor.bench.gpu --clips clips --tests tests" in run_sh
     assert os.access(out / "run.sh", os.X_OK)
     assert "pythonpath = ." in (out / "pytest.ini").read_text()
 

@@ -1,6 +1,6 @@
 import pytest
 
-from processor.ingest import is_junk
+from processor.ingest.folder import is_junk
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The GPU path, proven in one short run on a CUDA host: ``python -m processor.bench_gpu``
+"""The GPU path, proven in one short run on a CUDA host: ``python -m processor.bench.gpu``
 (or ``drishtiksha bench gpu``).
 
 First the CUDA tests (those that skip without CUDA: the CPU/CUDA agreement of siglip-lstm in
@@ -62,7 +62,7 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line; a bad one exits 2 with one line on stderr."""
     parser = _Parser(
-        prog="python -m processor.bench_gpu",
+        prog="python -m processor.bench.gpu",
         description="CUDA tests, then siglip-lstm-v1/-v3 and color-cues-lstm-v1 with dummy "
         "weights at each batch size; prints one JSON line.",
     )
@@ -387,7 +387,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(0) if device.cuda else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "command": " ".join(["python -m processor.bench_gpu", *args.argv]),
+        "command": " ".join(["python -m processor.bench.gpu", *args.argv]),
     }
     if device.cuda and not args.skip_tests:
         _log("CUDA tests ...")

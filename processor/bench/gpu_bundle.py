@@ -1,4 +1,4 @@
-"""``drishtiksha bench gpu-bundle``: everything ``processor.bench_gpu`` needs on a GPU host that
+"""``drishtiksha bench gpu-bundle``: everything ``processor.bench.gpu`` needs on a GPU host that
 has no network, prepared here in one folder of at most 64 MiB.
 
 The GPU hosts seen have Python 3.12 with torch, transformers, NumPy, OpenCV, PyYAML, rich,
@@ -54,7 +54,7 @@ NOT_ON_GPU_HOSTS = frozenset(
         "aiohttp_jinja2",
     }
 )
-# Beside processor.bench_gpu's TEST_FILES, the package files those tests import.
+# Beside processor.bench.gpu's TEST_FILES, the package files those tests import.
 TEST_SUPPORT = ("__init__.py", "unit/__init__.py", "media.py")
 # The manylinux tags the hosts' glibc takes (2014 = 2_17).
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
@@ -67,7 +67,7 @@ addopts = -p no:cacheprovider
 RUN_SH = """#!/bin/sh
 cd "$(dirname "$0")" && "${PYTHON:-python3}" -m pip install --quiet --no-index \
 --find-links wheels --no-deps --target site wheels/*.whl && PYTHONPATH="$PWD/site" \
-"${PYTHON:-python3}" -m processor.bench_gpu --clips clips --tests tests \
+"${PYTHON:-python3}" -m processor.bench.gpu --clips clips --tests tests \
 --out "${OUT:-.}/bench-gpu.json" "$@"
 """
 
@@ -124,7 +124,8 @@ def download_wheels(requirements: Sequence[str], dest: Path, python_version: str
 
 def source_root() -> Path:
     """The source checkout this module runs from; a wheel is built from it."""
-    root = Path(__file__).resolve().parents[1]
+    # processor/bench/ sits two levels below the checkout.
+    root = Path(__file__).resolve().parents[2]
     pyproject = root / "pyproject.toml"
     if not pyproject.is_file() or 'name = "drishtiksha"' not in pyproject.read_text():
         raise BundleError(f"{root} is not the project's source checkout: run this from one")
@@ -145,7 +146,7 @@ def project_wheel(root: Path, dest: Path) -> None:
 
 
 def _pick_clips(videos: Path, count: int, dest: Path) -> None:
-    from processor.bench_gpu import VIDEO_SUFFIXES
+    from processor.bench.gpu import VIDEO_SUFFIXES
 
     # Small ones first: the whole folder has 64 MiB, and PyAV's wheel takes half of it.
     found = sorted(
@@ -170,7 +171,7 @@ def build_bundle(
     """Fill ``out`` (new or empty): wheels/, tests/, clips/, pytest.ini and run.sh. Clips
     come from ``videos`` (the smallest) or are generated (ten seconds of 720p each). Raises
     ``BundleError`` when a step fails or the folder exceeds ``LIMIT_BYTES``."""
-    from processor.bench_gpu import TEST_FILES, synthetic_clip
+    from processor.bench.gpu import TEST_FILES, synthetic_clip
 
     if out.exists() and any(out.iterdir()):
         raise BundleError(f"{out} is not empty")
