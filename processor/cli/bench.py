@@ -15,6 +15,7 @@ from rich.table import Table
 
 from processor.cli.common import (
     ConfigOpt,
+    JsonOpt,
     _code_version,
     _config,
     _fail,
@@ -123,9 +124,7 @@ def bench_detectors_cmd(
     seed_way: Annotated[
         bool, typer.Option(help="Also time the older service's way, for the ratio.")
     ] = True,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the report to this JSON file.")
-    ] = None,
+    json_out: JsonOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Videos per second and time per stage through the detectors, ours against the older
@@ -455,9 +454,7 @@ def bench_faces_cmd(
         str, typer.Option(help="Face finders to compare, comma-separated.")
     ] = "hog,blazeface,hog+blazeface",
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N clips.")] = None,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the report to this JSON file.")
-    ] = None,
+    json_out: JsonOpt = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -571,9 +568,7 @@ def bench_runtime_agreement_cmd(
     weights: Annotated[
         str, typer.Option(help="siglip-lstm-v1's weights; 'dummy': seeded random SigLIP-base.")
     ] = "dummy",
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the report to this JSON file.")
-    ] = None,
+    json_out: JsonOpt = None,
     config: Annotated[
         Path | None,
         typer.Option(

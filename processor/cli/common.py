@@ -29,6 +29,10 @@ ConfigOpt = Annotated[
         "configs/default.yaml, then the embedded defaults).",
     ),
 ]
+# A benchmark's report, as JSON, beside what it prints.
+JsonOpt = Annotated[
+    Path | None, typer.Option("--json", help="Also write the report to this JSON file.")
+]
 out = Console()
 err = Console(stderr=True)
 log = logging.getLogger(__name__)
