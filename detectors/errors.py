@@ -1,23 +1,30 @@
-"""Typed errors raised while reading a video or running a detector.
+"""Typed errors: the one root every error the project raises on purpose derives from, and those
+raised while reading a video or running a detector.
 
 Each class's docstring is its default message; ``code`` is the stable identifier stored with a
-failed job. ``retryable`` tells the worker whether trying again later can help.
+failed job and sent in API errors; ``retryable`` tells the caller whether trying again later can
+help. The root lives here, in the one module every layer may import (it imports nothing of the
+project), so storage's and the daemon's errors share it without depending on each other.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
 
+class DrishtikshaError(Exception):
+    """Something went wrong."""
 
-class DetectorError(Exception):
-    """The detector could not judge this video."""
-
-    code: ClassVar[str] = "detector_failed"
-    retryable: ClassVar[bool] = False
+    code: str = "error"
+    retryable: bool = False
 
     def __init__(self, message: str | None = None) -> None:
         self.message = message or (self.__doc__ or self.code).strip()
         super().__init__(self.message)
+
+
+class DetectorError(DrishtikshaError):
+    """The detector could not judge this video."""
+
+    code = "detector_failed"
 
 
 class MediaError(DetectorError):

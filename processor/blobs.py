@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from botocore.exceptions import (  # type: ignore[import-untyped]
@@ -33,7 +33,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
     NoCredentialsError,
 )
 
-from detectors.errors import DetectorError
+from detectors.errors import DetectorError, DrishtikshaError
 from processor.config import BlobsConfig
 
 log = logging.getLogger(__name__)
@@ -57,29 +57,32 @@ _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "404"})
 _CHANGED_CODES = frozenset({"PreconditionFailed", "412"})
 
 
-class Unreachable(Exception):
+class Unreachable(DrishtikshaError):
     """This host cannot reach a job's bytes because of its own setup (no credentials, no
     access, no shared folder, no route to the store). Not the video's fault: the job goes back
     to the queue without using up an attempt."""
+
+    code = "unreachable"
+    retryable = True
 
 
 class SourceChanged(DetectorError):
     """The object was replaced after its job was queued; its new bytes get a job of their own."""
 
-    code: ClassVar[str] = "source_changed"
+    code = "source_changed"
 
 
 class SourceMissing(DetectorError):
     """The job's bytes are no longer in the object store."""
 
-    code: ClassVar[str] = "source_missing"
+    code = "source_missing"
 
 
 class StoreUnavailable(DetectorError):
     """The object store failed while reading the job's bytes; trying again later may help."""
 
-    code: ClassVar[str] = "store_unavailable"
-    retryable: ClassVar[bool] = True
+    code = "store_unavailable"
+    retryable = True
 
 
 @dataclass(frozen=True)

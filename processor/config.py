@@ -29,14 +29,18 @@ from pydantic import (
     model_validator,
 )
 
+from detectors.errors import DrishtikshaError
+
 ENV_PREFIX = "DRISHTIKSHA_"
 SYSTEM_CONFIG_PATH = Path("/etc/drishtiksha/config.yaml")
 DEFAULT_CONFIG_PATH = Path("configs/default.yaml")
 EMBEDDED = "embedded defaults"
 
 
-class ConfigError(Exception):
+class ConfigError(DrishtikshaError):
     """The configuration is invalid."""
+
+    code = "invalid_config"
 
 
 class _Section(BaseModel):

@@ -546,9 +546,7 @@ class Worker:
         self.wake.set()
 
     async def _failed(self, job: Claimed, exc: DetectorError | StorageError) -> None:
-        code = getattr(exc, "code", "storage_busy")
-        message = str(exc)
-        retryable = getattr(exc, "retryable", True)
+        code, message, retryable = exc.code, str(exc), exc.retryable
         try:
             if retryable:
                 delay = self.qc.retry_base_s * 2 ** (job.attempts - 1)

@@ -8,17 +8,15 @@ surface as SQLAlchemy's own exceptions.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from detectors.errors import DrishtikshaError
 
 
-class StorageError(Exception):
+class StorageError(DrishtikshaError):
     """The job database failed."""
 
-    code: ClassVar[str] = "storage_error"
-
-    def __init__(self, message: str | None = None) -> None:
-        self.message = message or (self.__doc__ or self.code).strip()
-        super().__init__(self.message)
+    code = "storage_error"
+    # The same call may succeed later (see above).
+    retryable = True
 
 
 class StorageBusy(StorageError):

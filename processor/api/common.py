@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from sqlalchemy import Engine
 
+from detectors.errors import DrishtikshaError
 from detectors.frames import DecodeLimits
 from processor import documents
 from processor.api.auth import Keyring, Principal
@@ -44,7 +45,7 @@ FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
 WAIT_POLL_S = 0.2
 
 
-class ApiError(Exception):
+class ApiError(DrishtikshaError):
     """A request the API refuses or cannot serve, rendered as the route's error document."""
 
     def __init__(
@@ -60,7 +61,7 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.code = code
-        self.message = message
+        self.retryable = status in (429, 503)
         self.headers = headers or {}
         self.extra = extra or {}
         self.title = title  # the older service's short "error" text, for its routes

@@ -23,6 +23,7 @@ from urllib.parse import unquote_plus
 
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
+from detectors.errors import DrishtikshaError
 from processor.blobs import ObjectRef, S3Blobs, SourceMissing
 from processor.config import SqsSourceConfig
 from processor.files import VERDICT_SUFFIX, fsync_dir
@@ -35,8 +36,10 @@ _MAX_NAME_BYTES = 200  # under the usual 255-byte file name limit, with room for
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchVersion", "NoSuchBucket", "404"})
 
 
-class Poison(Exception):
+class Poison(DrishtikshaError):
     """A message that can never become a job; ``str(exc)`` is the reason."""
+
+    code = "poison_message"
 
 
 @dataclass(frozen=True)
