@@ -254,6 +254,10 @@ def open_session(
     options.log_severity_level = 3  # errors only: the daemon's log is not onnxruntime's console
     if threads:
         options.intra_op_num_threads = threads
+    # Idle pool threads wait asleep instead of spinning: the process's other threads (decoding,
+    # face finding) need the same cores, and a spinning thread can starve the one it waits for.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(model, sess_options=options, providers=list(providers))
     # onnxruntime's errors (InvalidProtobuf, InvalidGraph, Fail, ...) derive from Exception

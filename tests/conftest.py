@@ -53,6 +53,19 @@ def _postgres_database() -> Iterator[str]:
         admin.dispose()
 
 
+# How the test process is scheduled when the session starts.
+_SCHEDULING = os.sched_getscheduler(0)
+
+
+@pytest.fixture(autouse=True)
+def _scheduling_unchanged() -> Iterator[None]:
+    """Fail the test after which the process runs on another scheduling policy: a library that
+    leaves it on real-time scheduling (SVT-AV1's encoder does, as root) lets the threads it
+    starts spin while the ones they wait for never run, and a later test hangs."""
+    yield
+    assert os.sched_getscheduler(0) == _SCHEDULING, "the process's scheduling policy changed"
+
+
 @contextmanager
 def _database(backend: str, tmp_path: Path) -> Iterator[str]:
     if backend == "sqlite":

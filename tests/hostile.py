@@ -47,6 +47,27 @@ def encode(
     band brightens with the frame index. ``times`` (seconds, one per frame) gives each frame
     its own timestamp instead of the constant rate."""
     width, height = size
+    # SVT-AV1 (libsvtav1) switches the calling thread to real-time scheduling when it may (as
+    # root): the test process would then starve its own threads. Whatever the encoder does to
+    # it, the thread leaves with the policy it came with.
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        return _encode(path, codec, width, height, frames, fps, pix_fmt, options, times)
+    finally:
+        os.sched_setscheduler(0, policy, param)
+
+
+def _encode(
+    path: Path,
+    codec: str,
+    width: int,
+    height: int,
+    frames: int,
+    fps: int | Fraction,
+    pix_fmt: str,
+    options: dict[str, str] | None,
+    times: list[Fraction] | None,
+) -> Path:
     with av.open(str(path), mode="w") as out:
         stream = out.add_stream(codec, rate=fps, options=options or {})
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
