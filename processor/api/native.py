@@ -467,12 +467,17 @@ async def get_video(request: web.Request) -> web.Response:
     )
 
 
-def detector_report(state: ApiState) -> list[dict[str, Any]]:
+def detector_report(
+    state: ApiState, workers: list[WorkerView] | None = None
+) -> list[dict[str, Any]]:
     """Every detector this build knows: version, whether it is configured, whether a live
     worker sharing the database has it loaded (with what weights, where), and why not. The
-    same answer from every process, whatever its role."""
+    same answer from every process, whatever its role. ``workers``: the fleet as just read,
+    else it is read here."""
     found, failed = registry.available(), registry.unavailable()
-    loaded = loaded_detectors(state.queue.workers(state.config.queue.lease_s))
+    if workers is None:
+        workers = state.queue.workers(state.config.queue.lease_s)
+    loaded = loaded_detectors(workers)
     rows: list[dict[str, Any]] = []
     for key in sorted({*found, *failed, *state.config.detectors}):
         section = state.config.detectors.get(key)
@@ -584,9 +589,11 @@ async def _readiness(state: ApiState) -> tuple[bool, dict[str, Any]]:
         }
     else:
         body["worker"] = None
+    fleet: list[WorkerView] | None = None
     if "jobs" in body:
         # Every worker sharing the database, so one host's status shows the whole fleet.
         lease_s = state.config.queue.lease_s
+        fleet = await io(state.queue.workers, lease_s)
         body["workers"] = [
             {
                 "id": w.id,
@@ -596,7 +603,7 @@ async def _readiness(state: ApiState) -> tuple[bool, dict[str, Any]]:
                 "device": (w.capabilities or {}).get("device"),
                 "detectors": sorted((w.capabilities or {}).get("detectors") or {}),
             }
-            for w in await io(state.queue.workers, lease_s)
+            for w in fleet
         ]
         # Queued jobs that wait for a worker with detectors no live one has loaded.
         body["stranded"] = [
@@ -604,7 +611,7 @@ async def _readiness(state: ApiState) -> tuple[bool, dict[str, Any]]:
             for keys, n in (await io(state.queue.stranded, lease_s)).items()
         ]
     try:
-        rows = await io(detector_report, state)
+        rows = await io(detector_report, state, fleet)
     except StorageError:
         rows = []  # the database's state is reported above
     report = {row["key"]: row for row in rows if row["configured"]}
